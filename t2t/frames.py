@@ -1,0 +1,269 @@
+"""Wire frames: one msgspec tagged union, encoded as MessagePack.
+
+Each WebSocket binary message carries exactly one frame. A frame is a
+MessagePack array whose first element is the tag (for example ``"msg"``),
+followed by the fields in declaration order. Binary fields stay raw bytes.
+The field constraints below are checked while decoding, so a frame that
+``decode_frame`` returns is well-formed; semantic checks (state, signatures,
+membership) happen in :mod:`t2t.protocol`.
+
+Frames that the relay signs (welcome, roster, notice) carry an encoded body
+and a signature over it, so the receiver verifies the exact bytes that were
+signed before decoding them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+import msgspec
+from msgspec import Meta
+
+from t2t.errors import CLOSE_PROTOCOL_ERROR, ProtocolError
+
+PROTOCOL_VERSION: Final = 1
+
+KEY_SIZE: Final = 32  # Ed25519 and X25519 public keys, in bytes
+SIGNATURE_SIZE: Final = 64  # Ed25519 signature, in bytes
+CHALLENGE_SIZE: Final = 32  # login challenge, in bytes
+MESSAGE_ID_SIZE: Final = 16  # random message id, in bytes
+MAX_NAME_LENGTH: Final = 64  # user ids and group ids, in characters
+
+# User and group ids: 1 to 64 characters, none of them whitespace or control
+# characters, so that ids print unambiguously in logs. Any script is allowed.
+Name = Annotated[
+    str, Meta(min_length=1, max_length=MAX_NAME_LENGTH, pattern=r"^[^\s\x00-\x1f\x7f]+$")
+]
+PublicKey = Annotated[bytes, Meta(min_length=KEY_SIZE, max_length=KEY_SIZE)]
+Signature = Annotated[bytes, Meta(min_length=SIGNATURE_SIZE, max_length=SIGNATURE_SIZE)]
+Challenge = Annotated[bytes, Meta(min_length=CHALLENGE_SIZE, max_length=CHALLENGE_SIZE)]
+MessageId = Annotated[bytes, Meta(min_length=MESSAGE_ID_SIZE, max_length=MESSAGE_ID_SIZE)]
+Blob = Annotated[bytes, Meta(min_length=1)]
+Nonce = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+
+
+class _Frame(
+    msgspec.Struct, array_like=True, tag_field="t", forbid_unknown_fields=True, frozen=True
+):
+    """Base of every frame. The tag names the frame on the wire."""
+
+
+# Relay to client ----------------------------------------------------------
+
+
+class Hello(_Frame, tag="hello"):
+    """First frame on every connection: the relay's certificate and a fresh challenge."""
+
+    version: int
+    certificate: Blob
+    challenge: Challenge
+
+
+class Welcome(_Frame, tag="welcome"):
+    """Relay-signed confirmation of a login. ``body`` encodes a :class:`WelcomeBody`."""
+
+    body: Blob
+    signature: Signature
+
+
+class Roster(_Frame, tag="roster"):
+    """Relay-signed roster of every account. ``body`` encodes a :class:`RosterBody`."""
+
+    body: Blob
+    signature: Signature
+
+
+class Notice(_Frame, tag="notice"):
+    """Relay-signed, session-bound notice. ``body`` encodes a :class:`NoticeBody`."""
+
+    body: Blob
+    signature: Signature
+
+
+class Ack(_Frame, tag="ack"):
+    """The relay accepted and forwarded the group message with this id."""
+
+    msg_id: MessageId
+
+
+class Subscribed(_Frame, tag="subscribed"):
+    """The relay now forwards this group's messages to the client."""
+
+    group: Name
+
+
+class Error(_Frame, tag="error"):
+    """A request was refused; the connection stays open.
+
+    ``ref`` identifies the refused request: the message id for a group
+    message, otherwise the UTF-8 group id.
+    """
+
+    code: str
+    message: str
+    ref: bytes = b""
+
+
+class Pong(_Frame, tag="pong"):
+    """Reply to :class:`Ping` with the same nonce."""
+
+    nonce: Nonce
+
+
+# Client to relay ----------------------------------------------------------
+
+
+class Login(_Frame, tag="login"):
+    """Credentials sealed to the relay, signed over the challenge by the identity key."""
+
+    version: int
+    sealed: Blob
+    signature: Signature
+
+
+class Subscribe(_Frame, tag="subscribe"):
+    """Ask for a group's messages. Subscribing to an unknown group creates it."""
+
+    group: Name
+
+
+class Ping(_Frame, tag="ping"):
+    """Heartbeat. The relay replies with :class:`Pong`."""
+
+    nonce: Nonce
+
+
+# Both directions ----------------------------------------------------------
+
+
+class GroupMessage(_Frame, tag="msg"):
+    """An end-to-end encrypted group message; the relay forwards the bytes unchanged."""
+
+    group: Name
+    sender: Name
+    msg_id: MessageId
+    box: Blob
+
+
+class Invite(_Frame, tag="invite"):
+    """A group key sealed to ``target`` and signed by ``inviter``."""
+
+    group: Name
+    inviter: Name
+    target: Name
+    sealed_key: Blob
+    signature: Signature
+
+
+Frame = (
+    Hello
+    | Welcome
+    | Roster
+    | Notice
+    | Ack
+    | Subscribed
+    | Error
+    | Pong
+    | Login
+    | Subscribe
+    | Ping
+    | GroupMessage
+    | Invite
+)
+
+# Signed bodies ------------------------------------------------------------
+
+
+class _Body(msgspec.Struct, array_like=True, forbid_unknown_fields=True, frozen=True):
+    """Base of the structs carried inside signed or encrypted blobs."""
+
+
+class LoginBody(_Body):
+    """Plaintext sealed inside :class:`Login`. Only the relay can open it."""
+
+    user: Name
+    password: Annotated[str, Meta(min_length=1, max_length=1024)]
+    sign_key: PublicKey
+    box_key: PublicKey
+
+    def __repr__(self) -> str:
+        # Keep the password out of logs and tracebacks.
+        return f"LoginBody(user={self.user!r}, password='***')"
+
+
+class WelcomeBody(_Body):
+    """Login result, bound to the session's challenge."""
+
+    challenge: Challenge
+    user: Name
+    roster_version: Annotated[int, Meta(ge=0)]
+
+
+class RosterEntry(_Body):
+    """One account: its identity keys and whether it is online now."""
+
+    user: Name
+    sign_key: PublicKey
+    box_key: PublicKey
+    online: bool
+
+
+class RosterBody(_Body):
+    """Every account the relay knows. ``version`` only ever increases."""
+
+    version: Annotated[int, Meta(ge=1)]
+    entries: list[RosterEntry]
+
+
+NoticeKind = Literal["conflict", "replaced", "shutdown"]
+
+
+class NoticeBody(_Body):
+    """A relay announcement that applies to one session only."""
+
+    challenge: Challenge
+    kind: NoticeKind
+    message: str
+
+
+class Envelope(_Body):
+    """Signed content of a group message, encrypted under the group key."""
+
+    group: Name
+    sender: Name
+    msg_id: MessageId
+    sent_at: float  # Unix time in seconds, from the sender's clock
+    body: str
+
+
+class SignedEnvelope(_Body):
+    """The plaintext inside a group message box: an encoded envelope and its signature."""
+
+    envelope: Blob
+    signature: Signature
+
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_frame_decoder: Final = msgspec.msgpack.Decoder(Frame)
+
+
+def encode(value: msgspec.Struct) -> bytes:
+    """Encode a frame or body as MessagePack."""
+    return _encoder.encode(value)
+
+
+def decode_frame(data: bytes | bytearray | memoryview | str) -> Frame:
+    """Decode one inbound WebSocket message into a frame.
+
+    Raises:
+        ProtocolError: with close code 1002 if ``data`` is a text message, is
+            not MessagePack, has an unknown tag, or has a field that fails
+            validation. The reason names the problem.
+    """
+    if isinstance(data, str):
+        raise ProtocolError(CLOSE_PROTOCOL_ERROR, "text messages are not allowed; send binary")
+    try:
+        return _frame_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"invalid frame: {exc}") from None
+
