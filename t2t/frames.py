@@ -92,6 +92,13 @@ class Subscribed(_Frame, tag="subscribed"):
     group: Name
 
 
+class Invited(_Frame, tag="invited"):
+    """The relay delivered an invite to ``target``, who is now a member of ``group``."""
+
+    group: Name
+    target: Name
+
+
 class Error(_Frame, tag="error"):
     """A request was refused; the connection stays open.
 
@@ -162,6 +169,7 @@ Frame = (
     | Notice
     | Ack
     | Subscribed
+    | Invited
     | Error
     | Pong
     | Login

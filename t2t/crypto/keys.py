@@ -187,9 +187,14 @@ def read_armored(path: Path, label: str) -> bytes:
 
 
 def write_armored(path: Path, label: str, data: bytes, *, private: bool) -> None:
-    """Write an armored file atomically. Private files get mode 0600.
+    """Write an armored file atomically. Private files get mode 0600."""
+    write_file_atomic(path, armor(label, data), private=private)
 
-    The data goes to a temporary file in the same folder, which is flushed to
+
+def write_file_atomic(path: Path, text: str, *, private: bool) -> None:
+    """Write a text file atomically; private files get mode 0600.
+
+    The text goes to a temporary file in the same folder, which is flushed to
     disk and then renamed over ``path``, so readers see the old file or the
     new one and never a partial write.
     """
@@ -198,8 +203,8 @@ def write_armored(path: Path, label: str, data: bytes, *, private: bool) -> None
     mode = PRIVATE_FILE_MODE if private else 0o644
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(armor(label, data))
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)  # O_CREAT's mode is filtered by the umask

@@ -1,0 +1,5 @@
+"""t2t clients: the trio-native :func:`connect` and the blocking :class:`ChatClient`."""
+
+from t2t.client.connection import Client, connect
+
+__all__ = ["Client", "connect"]

@@ -1,0 +1,549 @@
+"""The trio client: :func:`connect` and :class:`Client`.
+
+Task tree, all inside the nursery that :func:`connect` opens::
+
+    connect
+    ├── trio-websocket's own connection tasks
+    ├── reader     (get_message -> protocol -> replies, events)
+    ├── dispatch   (runs callbacks, then feeds client.events())
+    └── heartbeat  (ping every heartbeat_interval, expect a pong)
+
+Leaving the ``async with`` block cancels all of them and closes the
+WebSocket; it never waits for unread events.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
+
+import msgspec
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+
+from t2t.client.state import (
+    GROUP_KEYS_FILE,
+    IDENTITY_FILE,
+    load_group_keys,
+    load_or_create_identity,
+    save_group_keys,
+)
+from t2t.crypto.keys import load_public_identity
+from t2t.errors import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    CertificateError,
+    ConflictError,
+    DisconnectedError,
+    ProtocolError,
+    SendError,
+    T2TError,
+)
+from t2t.events import (
+    ClientEvent,
+    Conflict,
+    Disconnected,
+    Event,
+    InviteReceived,
+    MessageReceived,
+    MessageRejected,
+    RosterChanged,
+)
+from t2t.frames import Name
+from t2t.protocol.client import (
+    ClientProtocol,
+    ClientState,
+    InviteOffer,
+    Outgoing,
+    PongReceived,
+    Reply,
+    RequestKey,
+    message_key,
+)
+
+log = logging.getLogger("t2t.client")
+
+DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024  # bytes, the relay's default limit
+DEFAULT_WINDOW: Final = 64  # unacknowledged group messages per client
+DEFAULT_EVENT_BUFFER: Final = 1024  # events queued for the application
+
+_E = TypeVar("_E", bound=Event)
+Callback = Callable[[Any], Awaitable[None] | None]
+InviteDecision = Callable[[InviteReceived], Awaitable[bool] | bool]
+
+
+class _Pending:
+    """A request waiting for the relay's reply."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: T2TError | None = None
+
+
+class Client:
+    """A logged-in connection to a relay. Create it with :func:`connect`."""
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        protocol: ClientProtocol,
+        *,
+        group_keys_file: Path,
+        window: int,
+        event_buffer: int,
+        request_timeout: float,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+        accept_invite: InviteDecision | None,
+    ) -> None:
+        self._ws = ws
+        self._protocol = protocol
+        self._group_keys_file = group_keys_file
+        self._window = trio.Semaphore(window)
+        self._request_timeout = request_timeout
+        self._heartbeat_interval = heartbeat_interval
+        self._heartbeat_timeout = heartbeat_timeout
+        self.accept_invite = accept_invite
+        self._pending: dict[RequestKey, _Pending] = {}
+        self._callbacks: dict[type[Event], list[Callback]] = {}
+        self._dispatch_send, self._dispatch_receive = trio.open_memory_channel[ClientEvent](
+            event_buffer
+        )
+        self._events_send, self._events_receive = trio.open_memory_channel[ClientEvent](
+            event_buffer
+        )
+        self._events_wanted = False
+        self._disconnected: Disconnected | None = None
+        self._last_pong = trio.current_time()
+        self._nonces = itertools.count(1)
+        self._cancel: trio.CancelScope | None = None
+
+    # Public API ------------------------------------------------------------
+
+    @property
+    def user(self) -> str:
+        return self._protocol.user
+
+    @property
+    def roster(self) -> dict[str, bool]:
+        """Users in the latest verified roster, mapped to whether they are online."""
+        return {user: entry.online for user, entry in self._protocol.roster.items()}
+
+    @property
+    def groups(self) -> list[str]:
+        """Groups whose key this client holds."""
+        return sorted(self._protocol.group_keys)
+
+    @property
+    def closed(self) -> Disconnected | None:
+        """The disconnect event once the connection has closed, else None."""
+        return self._disconnected
+
+    async def send(self, group: str, text: str) -> bytes:
+        """Encrypt, sign and send ``text`` to ``group``; return its message id.
+
+        Waits until the relay acknowledges the message. At most ``window``
+        messages are unacknowledged at once; a ``send`` beyond that waits for
+        a free slot, so a fast sender feels the relay's pace instead of
+        queueing without limit.
+
+        Raises:
+            SendError: ``no-group-key`` if we hold no key for ``group``, or the
+                relay's refusal (for example ``not-a-member``).
+            DisconnectedError: the connection closed first.
+            TimeoutError: no acknowledgement within ``request_timeout`` seconds.
+        """
+        if group not in self._protocol.group_keys:
+            raise SendError(
+                "no-group-key", f"no key for group {group!r}; create it with invite() or get invited"
+            )
+        async with self._window:
+            msg_id, data = self._protocol.seal(group, text)
+            await self._request(message_key(msg_id), data)
+        return msg_id
+
+    async def invite(self, peer: str, group: str) -> None:
+        """Invite ``peer`` into ``group``, creating the group if we hold no key for it.
+
+        Raises:
+            SendError: ``unknown-user`` if ``peer`` is not in the roster, or the
+                relay's refusal (for example ``offline-target``).
+            DisconnectedError: the connection closed first.
+        """
+        if peer not in self._protocol.roster:
+            raise SendError("unknown-user", f"user {peer!r} is not in the roster")
+        if group not in self._protocol.group_keys:
+            _validate_name(group, "group")
+            self._protocol.create_group(group)
+            save_group_keys(self._group_keys_file, self._protocol.group_keys)
+            log.info("created group %s", group)
+            await self._request(("subscribe", group), self._protocol.subscribe(group))
+        await self._request(("invite", group, peer), self._protocol.invite(peer, group))
+
+    def on(self, event_type: type[_E], callback: Callable[[_E], Awaitable[None] | None]) -> None:
+        """Call ``callback(event)`` for every event of ``event_type`` (or a subclass).
+
+        Callbacks may be plain functions or coroutine functions. They run one
+        at a time in the dispatch task. An exception in a callback is logged
+        and does not affect the client.
+        """
+        self._callbacks.setdefault(event_type, []).append(callback)
+
+    async def events(self) -> AsyncIterator[ClientEvent]:
+        """Yield every event in order, ending with :class:`Disconnected`.
+
+        Events are buffered up to ``event_buffer``; if the application falls
+        that far behind, the client disconnects rather than grow memory.
+        """
+        self._events_wanted = True
+        async for event in self._events_receive:
+            yield event
+        if self._disconnected is not None:
+            yield self._disconnected
+
+    # Connection management ------------------------------------------------
+
+    async def _handshake(self) -> None:
+        """Read frames until logged in with a verified roster."""
+        while self._protocol.state is not ClientState.ACTIVE:
+            try:
+                data = await self._ws.get_message()
+            except ConnectionClosed as exc:
+                reason = exc.reason
+                raise DisconnectedError(reason.code, reason.reason or reason.name) from None
+            for output in self._protocol.receive(data):
+                if isinstance(output, Outgoing):
+                    await self._ws.send_message(output.data)
+        for group in self.groups:
+            try:
+                await self._request(("subscribe", group), self._protocol.subscribe(group))
+            except SendError as exc:
+                log.warning("cannot subscribe to group %s: %s", group, exc)
+
+    async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._cancel = nursery.cancel_scope
+            nursery.start_soon(self._read)
+            nursery.start_soon(self._dispatch)
+            nursery.start_soon(self._heartbeat)
+            task_status.started()
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                data = await self._ws.get_message()
+                try:
+                    outputs = self._protocol.receive(data)
+                except ProtocolError as exc:
+                    log.warning("closing connection: relay broke the protocol: %s", exc.reason)
+                    await self._close(exc.code, exc.reason)
+                    return
+                for output in outputs:
+                    self._handle(output)
+        except ConnectionClosed as exc:
+            reason = exc.reason
+            self._finish(reason.code, reason.reason or reason.name)
+
+    def _handle(self, output: object) -> None:
+        match output:
+            case Reply(key, error):
+                self._resolve(key, error)
+            case InviteOffer():
+                self._queue_event(output)  # type: ignore[arg-type]
+            case PongReceived():
+                self._last_pong = trio.current_time()
+            case Outgoing(data):
+                raise AssertionError(f"unexpected outbound frame after login: {data!r}")
+            case Conflict():
+                has_handler = self._events_wanted or any(
+                    issubclass(Conflict, kind) for kind in self._callbacks
+                )
+                if not has_handler:
+                    raise ConflictError(output.message)
+                self._queue_event(output)
+            case Event():
+                self._queue_event(output)  # type: ignore[arg-type]
+
+    def _resolve(self, key: RequestKey, error: SendError | None) -> None:
+        if key[0] == "group-error":
+            # Match the oldest pending invite or subscribe for this group.
+            key = next(
+                (k for k in self._pending if k[0] in ("invite", "subscribe") and k[1] == key[1]),
+                key,
+            )
+        pending = self._pending.pop(key, None)
+        if pending is None:
+            log.debug("reply for no pending request: %s", key)
+            return
+        pending.error = error
+        pending.done.set()
+
+    async def _request(self, key: RequestKey, data: bytes) -> None:
+        if self._disconnected is not None:
+            raise DisconnectedError(self._disconnected.code, self._disconnected.reason)
+        pending = self._pending[key] = _Pending()
+        try:
+            await self._ws.send_message(data)
+        except ConnectionClosed as exc:
+            self._pending.pop(key, None)
+            raise DisconnectedError(exc.reason.code, exc.reason.reason or exc.reason.name) from None
+        with trio.move_on_after(self._request_timeout) as timeout:
+            await pending.done.wait()
+        if timeout.cancelled_caught:
+            self._pending.pop(key, None)
+            raise TimeoutError(f"no reply from the relay within {self._request_timeout:g} s for {key}")
+        if pending.error is not None:
+            raise pending.error
+
+    def _queue_event(self, event: ClientEvent | InviteOffer) -> None:
+        try:
+            self._dispatch_send.send_nowait(event)  # type: ignore[arg-type]
+        except trio.WouldBlock:
+            self._slow_application()
+
+    def _slow_application(self) -> None:
+        reason = "application is not consuming events fast enough; event buffer full"
+        log.error("disconnecting: %s", reason)
+        self._finish(CLOSE_POLICY_VIOLATION, reason)
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    async def _dispatch(self) -> None:
+        async for item in self._dispatch_receive:
+            event: ClientEvent
+            if isinstance(item, InviteOffer):
+                event = await self._decide_invite(item)
+            else:
+                event = item
+            await self._run_callbacks(event)
+            if self._events_wanted:
+                try:
+                    self._events_send.send_nowait(event)
+                except trio.WouldBlock:
+                    self._slow_application()
+                    return
+
+    async def _decide_invite(self, offer: InviteOffer) -> InviteReceived:
+        accepted = True
+        if self.accept_invite is not None:
+            try:
+                result = self.accept_invite(InviteReceived(offer.group, offer.inviter, False))
+                accepted = bool(await result) if inspect.isawaitable(result) else bool(result)
+            except Exception:
+                log.exception("invite decision callback failed; declining invite to %s", offer.group)
+                accepted = False
+        if accepted:
+            self._protocol.group_keys[offer.group] = offer.group_key
+            save_group_keys(self._group_keys_file, self._protocol.group_keys)
+            try:
+                await self._request(("subscribe", offer.group), self._protocol.subscribe(offer.group))
+            except (SendError, TimeoutError) as exc:
+                log.warning("accepted invite to %s but cannot subscribe: %s", offer.group, exc)
+        log.info("invite to group %s from %s %s", offer.group, offer.inviter, "accepted" if accepted else "declined")
+        return InviteReceived(offer.group, offer.inviter, accepted)
+
+    async def _run_callbacks(self, event: ClientEvent) -> None:
+        for kind, callbacks in self._callbacks.items():
+            if not isinstance(event, kind):
+                continue
+            for callback in callbacks:
+                try:
+                    result = callback(event)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("callback %r failed on %s", callback, type(event).__name__)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await trio.sleep(self._heartbeat_interval)
+            sent_at = trio.current_time()
+            try:
+                await self._ws.send_message(self._protocol.ping(next(self._nonces)))
+            except ConnectionClosed:
+                return
+            await trio.sleep(self._heartbeat_timeout)
+            if self._last_pong < sent_at:
+                reason = f"no heartbeat reply within {self._heartbeat_timeout:g} s"
+                log.warning("closing connection: %s", reason)
+                await self._close(CLOSE_NORMAL, reason)
+                return
+
+    async def _close(self, code: int, reason: str) -> None:
+        with trio.move_on_after(2):
+            await self._ws.aclose(code, reason)
+        self._finish(code, reason)
+
+    def _finish(self, code: int | None, reason: str) -> None:
+        """Record the disconnect, fail pending requests and end the event stream."""
+        if self._disconnected is not None:
+            return
+        self._protocol.state = ClientState.CLOSED
+        self._disconnected = Disconnected(code, reason)
+        log.info("disconnected user=%s code=%s reason=%r", self.user, code, reason)
+        for pending in self._pending.values():
+            pending.error = DisconnectedError(code, reason)
+            pending.done.set()
+        self._pending.clear()
+        # The dispatcher delivers Disconnected to callbacks after what is queued.
+        try:
+            self._dispatch_send.send_nowait(self._disconnected)
+        except trio.WouldBlock:
+            pass
+        self._dispatch_send.close()
+        self._events_send.close()
+
+
+@asynccontextmanager
+async def connect(
+    url: str,
+    *,
+    user: str,
+    password: str,
+    ca: Path | str,
+    state_dir: Path | str | None = None,
+    key_file: Path | str | None = None,
+    group_keys_file: Path | str | None = None,
+    relay_name: str | None = None,
+    accept_invite: InviteDecision | None = None,
+    window: int = DEFAULT_WINDOW,
+    event_buffer: int = DEFAULT_EVENT_BUFFER,
+    connect_timeout: float = 10.0,
+    request_timeout: float = 30.0,
+    heartbeat_interval: float = 20.0,
+    heartbeat_timeout: float = 10.0,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+) -> AsyncIterator[Client]:
+    """Connect to a relay, log in, and yield a :class:`Client`.
+
+    Args:
+        url: ``ws://host:port`` or ``wss://host:port``.
+        user: Our user id; the first login registers it.
+        password: Our password. It is sealed to the relay's certified key.
+        ca: The CA public key file that signed the relay certificate.
+        state_dir: Folder for ``identity.key`` and ``group_keys.json``
+            (created with mode 0600). Defaults to ``./t2t-<user>``.
+        key_file, group_keys_file: Override the two file paths.
+        relay_name: The name the certificate must carry; defaults to the
+            URL's host.
+        accept_invite: Called with each verified invite; return False to
+            decline. Invites are accepted when this is None.
+        window: Maximum unacknowledged messages; further sends wait.
+        event_buffer: Events buffered for the application before the client
+            disconnects as a slow consumer.
+        connect_timeout: Seconds allowed for connecting and logging in.
+        request_timeout: Seconds to wait for the relay's reply to a request.
+        heartbeat_interval: Seconds between pings.
+        heartbeat_timeout: Seconds to wait for a pong before giving up.
+        max_message_size: Largest inbound message accepted, in bytes.
+
+    Raises:
+        CertificateError: the relay certificate failed a check.
+        ConflictError: the relay rejected the login (for example a wrong
+            password), or replaced this session and no handler took the
+            :class:`Conflict` event.
+        DisconnectedError: the relay closed the connection during login.
+        KeyFileError: a key file is missing or malformed.
+        TimeoutError: the login did not finish within ``connect_timeout``.
+    """
+    _validate_name(user, "user")
+    if window < 1:
+        raise ValueError(f"window must be at least 1, got {window}")
+    if event_buffer < 1:
+        raise ValueError(f"event_buffer must be at least 1, got {event_buffer}")
+    for name, value in (
+        ("connect_timeout", connect_timeout),
+        ("request_timeout", request_timeout),
+        ("heartbeat_interval", heartbeat_interval),
+        ("heartbeat_timeout", heartbeat_timeout),
+    ):
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a positive number of seconds, got {value}")
+    host = urlsplit(url).hostname
+    if host is None:
+        raise ValueError(f"relay URL {url!r} has no host; use ws://HOST:PORT")
+
+    folder = Path(state_dir) if state_dir is not None else Path(f"t2t-{user}")
+    identity = load_or_create_identity(Path(key_file) if key_file else folder / IDENTITY_FILE)
+    keys_path = Path(group_keys_file) if group_keys_file else folder / GROUP_KEYS_FILE
+    protocol = ClientProtocol(
+        user=user,
+        password=password,
+        identity=identity,
+        ca_key=_load_ca_key(Path(ca)),
+        relay_name=relay_name if relay_name is not None else host,
+        group_keys=load_group_keys(keys_path),
+    )
+
+    connected = False
+    try:
+        async with open_websocket_url(
+            url,
+            max_message_size=max_message_size,
+            connect_timeout=connect_timeout,
+            disconnect_timeout=2.0,
+        ) as ws:
+            connected = True
+            client = Client(
+                ws,
+                protocol,
+                group_keys_file=keys_path,
+                window=window,
+                event_buffer=event_buffer,
+                request_timeout=request_timeout,
+                heartbeat_interval=heartbeat_interval,
+                heartbeat_timeout=heartbeat_timeout,
+                accept_invite=accept_invite,
+            )
+            await _log_in(client, ws, url, connect_timeout)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(client._run)
+                yield client
+                nursery.cancel_scope.cancel()
+    except (OSError, HandshakeError) as exc:
+        if connected:
+            raise
+        raise DisconnectedError(None, f"cannot connect to {url}: {exc!r}") from None
+    except BaseExceptionGroup as group:
+        # Nurseries wrap even a single failure in a group. Callers expect to
+        # catch ConflictError, or their own exception from the block,
+        # directly, so unwrap a group of one.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+async def _log_in(client: Client, ws: WebSocketConnection, url: str, timeout: float) -> None:
+    try:
+        with trio.fail_after(timeout):
+            await client._handshake()
+    except TimeoutError:
+        raise TimeoutError(f"login to {url} did not finish within {timeout:g} s") from None
+    except (CertificateError, ProtocolError) as exc:
+        code = exc.code if isinstance(exc, ProtocolError) else CLOSE_POLICY_VIOLATION
+        with trio.move_on_after(2):
+            await ws.aclose(code, str(exc)[:120])
+        raise
+    log.info("logged in user=%s relay=%s", client.user, url)
+
+
+def _load_ca_key(path: Path) -> bytes:
+    return load_public_identity(path).sign_key
+
+
+def _validate_name(value: str, what: str) -> None:
+    try:
+        msgspec.convert(value, Name)
+    except msgspec.ValidationError:
+        raise ValueError(
+            f"invalid {what} id {value!r}: use 1 to 64 characters without spaces or control characters"
+        ) from None

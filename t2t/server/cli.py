@@ -1,0 +1,143 @@
+"""Command line for the relay: ``python -m t2t.server --help``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import ssl
+import sys
+from pathlib import Path
+
+import trio
+
+from t2t._version import __version__
+from t2t.errors import KeyFileError
+from t2t.server.credentials import Credentials, SetupError, load_development, load_production
+from t2t.server.passwords import DEFAULT_MEMLIMIT, DEFAULT_OPSLIMIT, MIB, HashCost
+from t2t.server.relay import KIB, Relay, RelayConfig
+from t2t.server.storage import Store
+
+log = logging.getLogger("t2t.relay")
+
+EXIT_SETUP_ERROR = 2
+SHUTDOWN_GRACE = 4.0  # seconds for connections to close after SIGINT/SIGTERM
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = RelayConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m t2t.server",
+        description=(
+            "Run a t2t relay. It routes end-to-end encrypted group messages between "
+            "clients and never sees their plaintext. Stop it with Ctrl-C or SIGTERM."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    net = parser.add_argument_group("network")
+    net.add_argument("--host", default=defaults.host, help="address to listen on; use :: or 0.0.0.0 for all interfaces")
+    net.add_argument("--port", type=int, default=defaults.port, help="TCP port to listen on; 0 picks a free port")
+    net.add_argument("--tls-cert", type=Path, help="PEM certificate chain; with --tls-key, serve wss:// instead of ws://")
+    net.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+
+    keys = parser.add_argument_group("identity")
+    keys.add_argument("--data-dir", type=Path, default=Path("t2t-data"), help="folder for the account database, relay key and development CA")
+    keys.add_argument("--cert", type=Path, help="relay certificate signed by your CA (python -m t2t.ca sign); without it, a development CA is created in --data-dir")
+    keys.add_argument("--key", type=Path, help="relay private key file; created with mode 0600 if missing (default: DATA_DIR/relay.key)")
+    keys.add_argument("--ca", type=Path, help="CA public key file; with --cert, also check the certificate's CA signature at start")
+    keys.add_argument("--name", help="relay name written into a development certificate; clients must connect with this name (default: --host)")
+
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-message-size", type=int, default=defaults.max_message_size, help="largest inbound WebSocket message, in bytes; larger ones close the connection with 1009")
+    limits.add_argument("--queue-size", type=int, default=defaults.queue_size, help="outbound frames queued per connection before the peer is dropped as a slow consumer")
+    limits.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout, help="seconds without any frame from a client before its connection is closed")
+    limits.add_argument("--login-timeout", type=float, default=defaults.login_timeout, help="seconds a new connection has to log in")
+    limits.add_argument("--roster-debounce", type=float, default=defaults.roster_debounce, help="seconds to gather roster changes before pushing one update")
+    limits.add_argument("--hash-threads", type=int, default=defaults.hash_threads, help="password hashes computed at once, each in its own worker thread")
+    limits.add_argument("--hash-ops", type=int, default=DEFAULT_OPSLIMIT, help="argon2id passes (t) for new password hashes")
+    limits.add_argument("--hash-memory", type=int, default=DEFAULT_MEMLIMIT // MIB, help="argon2id memory (m) for new password hashes, in MiB")
+
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="minimum level of log records written to stderr")
+    parser.add_argument("--version", action="version", version=f"t2t {__version__}")
+    return parser
+
+
+def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if args.tls_cert is None and args.tls_key is None:
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise SetupError("--tls-cert and --tls-key must be given together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise SetupError(f"cannot load TLS certificate {args.tls_cert} and key {args.tls_key}: {exc}") from None
+    return context
+
+
+def _credentials(args: argparse.Namespace) -> Credentials:
+    key_path = args.key if args.key is not None else args.data_dir / "relay.key"
+    try:
+        if args.cert is not None:
+            return load_production(args.cert, key_path, args.ca)
+        return load_development(args.data_dir, key_path, args.name or args.host)
+    except KeyFileError as exc:
+        raise SetupError(str(exc)) from None
+
+
+async def _run(relay: Relay) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(relay.serve)
+            async for signum in signals:
+                log.info("received %s, closing %d connections", signal.Signals(signum).name, relay.connection_count)
+                relay.shutdown()
+                with trio.move_on_after(SHUTDOWN_GRACE):
+                    while relay.connection_count:
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = RelayConfig(
+            host=args.host,
+            port=args.port,
+            max_message_size=args.max_message_size,
+            queue_size=args.queue_size,
+            idle_timeout=args.idle_timeout,
+            login_timeout=args.login_timeout,
+            roster_debounce=args.roster_debounce,
+            hash_threads=args.hash_threads,
+            hash_cost=HashCost(args.hash_ops, args.hash_memory * MIB),
+            ssl_context=_ssl_context(args),
+        )
+        credentials = _credentials(args)
+    except (ValueError, SetupError) as exc:
+        parser.exit(EXIT_SETUP_ERROR, f"error: {exc}\n")
+
+    if credentials.ca_public_file is not None:
+        log.warning(
+            "development CA in use: give clients the CA public key file %s "
+            "(relay name %r); use --cert with your own CA in production",
+            credentials.ca_public_file.resolve(),
+            credentials.body.name,
+        )
+    store = Store(args.data_dir / "relay.sqlite3")
+    relay = Relay(config, credentials.key, credentials.certificate, store)
+    try:
+        trio.run(_run, relay)
+    except OSError as exc:
+        log.error("cannot listen on %s port %d: %s", args.host, args.port, exc)
+        return EXIT_SETUP_ERROR
+    finally:
+        store.close()
+    return 0

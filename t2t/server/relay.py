@@ -1,0 +1,364 @@
+"""The relay's I/O shell: WebSocket connections around :class:`RelayProtocol`.
+
+Task tree, all under :meth:`Relay.serve`'s nursery::
+
+    serve
+    ├── roster publisher       (debounces roster changes, one push per burst)
+    └── WebSocket listener
+        └── one nursery per connection
+            ├── reader     (get_message -> protocol -> actions)
+            ├── writer     (drains the bounded outbound queue)
+            └── heartbeat  (login timeout and idle timeout)
+
+When any task of a connection finishes or fails, the connection's nursery is
+cancelled and the WebSocket is closed with the recorded code and reason.
+Cancelling :meth:`serve` closes every connection with 1001.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import ssl
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Final
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from t2t.crypto.keys import KeyPair
+from t2t.errors import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+)
+from t2t.protocol.relay import CheckPassword, Close, ConnState, RelayProtocol, RelayStore, Send
+from t2t.server.passwords import HashCost, hash_password, verify_password
+
+log = logging.getLogger("t2t.relay")
+
+KIB: Final = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """Relay limits and timeouts. Times are in seconds, sizes in bytes."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765  # 0 picks a free port; see Relay.port
+    max_message_size: int = 64 * KIB  # larger inbound messages close with 1009
+    queue_size: int = 256  # outbound frames per connection before it counts as slow
+    idle_timeout: float = 60.0  # close a connection that sends nothing for this long
+    login_timeout: float = 10.0  # close a connection that has not logged in by then
+    close_timeout: float = 2.0  # how long a closing handshake may take
+    roster_debounce: float = 0.05  # gather roster changes for this long before one push
+    hash_threads: int = 2  # password hashes running at once
+    hash_cost: HashCost = field(default_factory=HashCost)
+    ssl_context: ssl.SSLContext | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("idle_timeout", "login_timeout", "close_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.roster_debounce < 0:
+            raise ValueError(f"roster_debounce must not be negative, got {self.roster_debounce}")
+        if self.max_message_size < KIB:
+            raise ValueError(f"max_message_size must be at least {KIB} bytes, got {self.max_message_size}")
+        if self.queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, got {self.queue_size}")
+        if self.hash_threads < 1:
+            raise ValueError(f"hash_threads must be at least 1, got {self.hash_threads}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, got {self.port}")
+
+
+_CLOSE_NOW: Final = object()  # writer sentinel: flush what came before, then close
+
+
+class _Connection:
+    """One WebSocket connection's I/O state."""
+
+    def __init__(self, conn_id: int, ws: WebSocketConnection, queue_size: int) -> None:
+        self.conn_id = conn_id
+        self.ws = ws
+        self.outbox_send, self.outbox_receive = trio.open_memory_channel[bytes | object](queue_size)
+        self.scope = trio.CancelScope()
+        self.close_code = CLOSE_NORMAL
+        self.close_reason = ""
+        self.closing = False
+        self.last_received = trio.current_time()
+
+    def enqueue(self, data: bytes) -> bool:
+        """Queue a frame for the writer. Returns False if the queue is full."""
+        if self.closing:
+            return True
+        try:
+            self.outbox_send.send_nowait(data)
+        except trio.WouldBlock:
+            return False
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        """Close after flushing what is queued; the first close reason wins."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code, self.close_reason = code, reason
+        try:
+            self.outbox_send.send_nowait(_CLOSE_NOW)
+        except trio.WouldBlock:
+            self.scope.cancel()  # no room to flush in order, so close at once
+
+    def abort(self, code: int, reason: str) -> None:
+        """Close now, dropping anything still queued."""
+        if not self.closing:
+            self.closing = True
+            self.close_code, self.close_reason = code, reason
+        self.scope.cancel()
+
+
+class Relay:
+    """A t2t relay, runnable in any trio nursery.
+
+    Example::
+
+        relay = Relay(config, key, certificate, store)
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(relay.serve)
+
+    Args:
+        config: Limits, timeouts and the listening address.
+        key: The relay key pair named by ``certificate``.
+        certificate: The encoded CA-signed certificate for ``key``.
+        store: Durable accounts and groups, usually a
+            :class:`t2t.server.storage.Store`.
+    """
+
+    def __init__(
+        self, config: RelayConfig, key: KeyPair, certificate: bytes, store: RelayStore
+    ) -> None:
+        self.config = config
+        self.protocol = RelayProtocol(key, certificate, store)
+        self.port: int | None = None
+        self._key = key
+        self._connections: dict[int, _Connection] = {}
+        self._ids = itertools.count(1)
+        self._hash_limiter = trio.CapacityLimiter(config.hash_threads)
+        self._roster_changed = trio.Event()
+        self._shutting_down = False
+        self.rejected_frames: Counter[str] = Counter()  # close reason -> count, for operators
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept connections until cancelled, then close each one with 1001.
+
+        Reports the bound port through ``task_status`` once it is listening.
+        """
+        config = self.config
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._publish_rosters)
+                server = await nursery.start(
+                    lambda task_status: serve_websocket(
+                        self._handle,
+                        config.host,
+                        config.port,
+                        config.ssl_context,
+                        handler_nursery=nursery,
+                        max_message_size=config.max_message_size,
+                        connect_timeout=config.close_timeout,
+                        disconnect_timeout=config.close_timeout,
+                        task_status=task_status,
+                    )
+                )
+                self.port = server.port
+                scheme = "ws" if config.ssl_context is None else "wss"
+                log.info(
+                    "relay listening on %s://%s:%d certificate_key=%s",
+                    scheme,
+                    _format_host(config.host),
+                    self.port,
+                    self._key.public.fingerprint(),
+                )
+                task_status.started(self.port)
+        finally:
+            log.info("relay stopped")
+
+    def shutdown(self) -> None:
+        """Start closing every connection with 1001 and a signed shutdown notice."""
+        self._shutting_down = True
+        for conn in list(self._connections.values()):
+            notice = self.protocol.shutdown_notice(conn.conn_id)
+            if notice is not None:
+                conn.enqueue(notice)
+            conn.close(CLOSE_GOING_AWAY, "relay shutting down")
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    # Per connection ----------------------------------------------------------
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        if self._shutting_down:
+            await request.reject(503, body=b"relay shutting down")
+            return
+        ws = await request.accept()
+        conn = _Connection(next(self._ids), ws, self.config.queue_size)
+        self._connections[conn.conn_id] = conn
+        remote = ws.remote
+        log.info("connection opened conn=%d remote=%s", conn.conn_id, remote)
+        try:
+            conn.enqueue(self.protocol.connect(conn.conn_id))
+            with conn.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read, conn, nursery.cancel_scope)
+                    nursery.start_soon(self._write, conn, nursery.cancel_scope)
+                    nursery.start_soon(self._heartbeat, conn)
+        except Exception:
+            # A bug triggered by one connection must not take down the relay's
+            # nursery and every other connection with it, so log and close.
+            log.exception("connection failed conn=%d", conn.conn_id)
+            conn.close_code, conn.close_reason = CLOSE_INTERNAL_ERROR, "internal error"
+        finally:
+            if self._shutting_down and not conn.closing:
+                conn.close_code, conn.close_reason = CLOSE_GOING_AWAY, "relay shutting down"
+            user = self.protocol.user_of(conn.conn_id)
+            self.protocol.disconnect(conn.conn_id)
+            del self._connections[conn.conn_id]
+            if self.protocol.roster_dirty:
+                self._roster_changed.set()
+            with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
+                await ws.aclose(conn.close_code, conn.close_reason)
+            closed = ws.closed
+            log.info(
+                "connection closed conn=%d user=%s code=%s reason=%r",
+                conn.conn_id,
+                user,
+                closed.code if closed is not None else conn.close_code,
+                closed.reason if closed is not None else conn.close_reason,
+            )
+
+    async def _read(self, conn: _Connection, scope: trio.CancelScope) -> None:
+        try:
+            while not conn.closing:
+                data = await conn.ws.get_message()
+                conn.last_received = trio.current_time()
+                await self._apply(conn, self.protocol.receive(conn.conn_id, data))
+        except ConnectionClosed as exc:
+            if not conn.closing:
+                conn.closing = True
+                reason = exc.reason
+                conn.close_code = reason.code
+                conn.close_reason = reason.reason or reason.name
+                scope.cancel()
+
+    async def _apply(self, conn: _Connection, actions: list[Send | Close | CheckPassword]) -> None:
+        pending = list(actions)
+        while pending:
+            action = pending.pop(0)
+            match action:
+                case Send(conn_id, data):
+                    self._send(conn_id, data)
+                case Close(conn_id, code, reason):
+                    self._close(conn_id, code, reason)
+                case CheckPassword():
+                    pending.extend(await self._check_password(action))
+        if self.protocol.roster_dirty:
+            self._roster_changed.set()
+
+    async def _check_password(self, action: CheckPassword) -> list[Send | Close | CheckPassword]:
+        cost = self.config.hash_cost
+        password = action.password
+        if action.password_hash is None:
+            new_hash = await trio.to_thread.run_sync(
+                hash_password, password, cost, limiter=self._hash_limiter
+            )
+            return self.protocol.password_checked(
+                action.conn_id, ok=True, new_hash=new_hash, password=password
+            )
+        ok = await trio.to_thread.run_sync(
+            verify_password, action.password_hash, password, limiter=self._hash_limiter
+        )
+        return self.protocol.password_checked(action.conn_id, ok=ok, new_hash=None, password=password)
+
+    def _send(self, conn_id: int, data: bytes) -> None:
+        conn = self._connections.get(conn_id)
+        if conn is None:
+            return
+        if not conn.enqueue(data):
+            # A peer that cannot drain its queue would make the relay buffer
+            # without limit; drop it so memory stays bounded per connection.
+            log.warning(
+                "dropping slow consumer conn=%d user=%s queued_frames=%d",
+                conn_id,
+                self.protocol.user_of(conn_id),
+                self.config.queue_size,
+            )
+            self.rejected_frames["slow consumer"] += 1
+            conn.abort(CLOSE_POLICY_VIOLATION, f"slow consumer: {self.config.queue_size} frames queued")
+
+    def _close(self, conn_id: int, code: int, reason: str) -> None:
+        conn = self._connections.get(conn_id)
+        if conn is None:
+            return
+        if code != CLOSE_NORMAL:
+            self.rejected_frames[reason.split(":", 1)[0]] += 1
+            log.warning(
+                "rejected frame conn=%d user=%s code=%d reason=%r",
+                conn_id,
+                self.protocol.user_of(conn_id),
+                code,
+                reason,
+            )
+        conn.close(code, reason)
+
+    async def _write(self, conn: _Connection, scope: trio.CancelScope) -> None:
+        async with conn.outbox_receive:
+            async for item in conn.outbox_receive:
+                if item is _CLOSE_NOW:
+                    break
+                assert isinstance(item, bytes)
+                try:
+                    await conn.ws.send_message(item)
+                except ConnectionClosed:
+                    break
+        scope.cancel()
+
+    async def _heartbeat(self, conn: _Connection) -> None:
+        config = self.config
+        login_deadline = trio.current_time() + config.login_timeout
+        while True:
+            now = trio.current_time()
+            if self.protocol.state_of(conn.conn_id) in (ConnState.AWAITING_LOGIN, ConnState.VERIFYING):
+                if now >= login_deadline:
+                    conn.close(CLOSE_POLICY_VIOLATION, f"no login within {config.login_timeout:g} s")
+                    return
+                wake = min(login_deadline, conn.last_received + config.idle_timeout)
+            else:
+                wake = conn.last_received + config.idle_timeout
+            if now >= conn.last_received + config.idle_timeout:
+                conn.close(CLOSE_NORMAL, f"idle for {config.idle_timeout:g} s")
+                return
+            await trio.sleep_until(max(wake, now + 0.001))
+
+    # Roster --------------------------------------------------------------------
+
+    async def _publish_rosters(self) -> None:
+        while True:
+            await self._roster_changed.wait()
+            # Gather a burst of logins and logouts into one push.
+            await trio.sleep(self.config.roster_debounce)
+            self._roster_changed = trio.Event()
+            frame = self.protocol.publish_roster()
+            if frame is None:
+                continue
+            for conn_id in self.protocol.active_connections():
+                self._send(conn_id, frame)
+
+
+def _format_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
