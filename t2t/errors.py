@@ -56,6 +56,15 @@ class KeyFileError(T2TError):
     """A key, certificate or state file is missing, unreadable or malformed."""
 
 
+def close_details(reason: object) -> tuple[int | None, str]:
+    """Return the code and a readable reason from a trio-websocket ``CloseReason`` or None."""
+    if reason is None:
+        return None, "connection lost without a close frame"
+    code = getattr(reason, "code", None)
+    text = getattr(reason, "reason", None) or getattr(reason, "name", "") or ""
+    return code, str(text)
+
+
 class ProtocolError(T2TError):
     """The peer sent something the protocol forbids.
 

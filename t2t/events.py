@@ -62,4 +62,6 @@ class Disconnected(Event, frozen=True):
     reason: str
 
 
-ClientEvent = MessageReceived | MessageRejected | InviteReceived | RosterChanged | Conflict | Disconnected
+ClientEvent = (
+    MessageReceived | MessageRejected | InviteReceived | RosterChanged | Conflict | Disconnected
+)

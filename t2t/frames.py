@@ -29,11 +29,11 @@ CHALLENGE_SIZE: Final = 32  # login challenge, in bytes
 MESSAGE_ID_SIZE: Final = 16  # random message id, in bytes
 MAX_NAME_LENGTH: Final = 64  # user ids and group ids, in characters
 
-# User and group ids: 1 to 64 characters, none of them whitespace or control
-# characters, so that ids print unambiguously in logs. Any script is allowed.
-Name = Annotated[
-    str, Meta(min_length=1, max_length=MAX_NAME_LENGTH, pattern=r"^[^\s\x00-\x1f\x7f]+$")
-]
+# User and group ids: 1 to 64 characters, none of them whitespace, control
+# characters or invisible formatting characters (zero-width and bidirectional
+# marks), so that ids print unambiguously in logs. Any script is allowed.
+NAME_PATTERN: Final = r"^[^\s\x00-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+\Z"
+Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)]
 PublicKey = Annotated[bytes, Meta(min_length=KEY_SIZE, max_length=KEY_SIZE)]
 Signature = Annotated[bytes, Meta(min_length=SIGNATURE_SIZE, max_length=SIGNATURE_SIZE)]
 Challenge = Annotated[bytes, Meta(min_length=CHALLENGE_SIZE, max_length=CHALLENGE_SIZE)]
@@ -51,7 +51,7 @@ class _Frame(
 # Relay to client ----------------------------------------------------------
 
 
-class Hello(_Frame, tag="hello"):
+class Hello(_Frame, tag="hello", frozen=True):
     """First frame on every connection: the relay's certificate and a fresh challenge."""
 
     version: int
@@ -59,47 +59,52 @@ class Hello(_Frame, tag="hello"):
     challenge: Challenge
 
 
-class Welcome(_Frame, tag="welcome"):
+class Welcome(_Frame, tag="welcome", frozen=True):
     """Relay-signed confirmation of a login. ``body`` encodes a :class:`WelcomeBody`."""
 
     body: Blob
     signature: Signature
 
 
-class Roster(_Frame, tag="roster"):
+class Roster(_Frame, tag="roster", frozen=True):
     """Relay-signed roster of every account. ``body`` encodes a :class:`RosterBody`."""
 
     body: Blob
     signature: Signature
 
 
-class Notice(_Frame, tag="notice"):
+class Notice(_Frame, tag="notice", frozen=True):
     """Relay-signed, session-bound notice. ``body`` encodes a :class:`NoticeBody`."""
 
     body: Blob
     signature: Signature
 
 
-class Ack(_Frame, tag="ack"):
+class Ack(_Frame, tag="ack", frozen=True):
     """The relay accepted and forwarded the group message with this id."""
 
     msg_id: MessageId
 
 
-class Subscribed(_Frame, tag="subscribed"):
+class Subscribed(_Frame, tag="subscribed", frozen=True):
     """The relay now forwards this group's messages to the client."""
 
     group: Name
 
 
-class Invited(_Frame, tag="invited"):
-    """The relay delivered an invite to ``target``, who is now a member of ``group``."""
+class Invited(_Frame, tag="invited", frozen=True):
+    """The relay delivered an invite to ``target``.
+
+    ``target`` is now a member of ``group`` and its current session is
+    subscribed, so it receives every message sent after this frame unless it
+    declines the invite.
+    """
 
     group: Name
     target: Name
 
 
-class Error(_Frame, tag="error"):
+class Error(_Frame, tag="error", frozen=True):
     """A request was refused; the connection stays open.
 
     ``ref`` identifies the refused request: the message id for a group
@@ -111,7 +116,7 @@ class Error(_Frame, tag="error"):
     ref: bytes = b""
 
 
-class Pong(_Frame, tag="pong"):
+class Pong(_Frame, tag="pong", frozen=True):
     """Reply to :class:`Ping` with the same nonce."""
 
     nonce: Nonce
@@ -120,7 +125,7 @@ class Pong(_Frame, tag="pong"):
 # Client to relay ----------------------------------------------------------
 
 
-class Login(_Frame, tag="login"):
+class Login(_Frame, tag="login", frozen=True):
     """Credentials sealed to the relay, signed over the challenge by the identity key."""
 
     version: int
@@ -128,13 +133,19 @@ class Login(_Frame, tag="login"):
     signature: Signature
 
 
-class Subscribe(_Frame, tag="subscribe"):
+class Subscribe(_Frame, tag="subscribe", frozen=True):
     """Ask for a group's messages. Subscribing to an unknown group creates it."""
 
     group: Name
 
 
-class Ping(_Frame, tag="ping"):
+class Unsubscribe(_Frame, tag="unsubscribe", frozen=True):
+    """Stop receiving a group's messages, for example after declining an invite."""
+
+    group: Name
+
+
+class Ping(_Frame, tag="ping", frozen=True):
     """Heartbeat. The relay replies with :class:`Pong`."""
 
     nonce: Nonce
@@ -143,7 +154,7 @@ class Ping(_Frame, tag="ping"):
 # Both directions ----------------------------------------------------------
 
 
-class GroupMessage(_Frame, tag="msg"):
+class GroupMessage(_Frame, tag="msg", frozen=True):
     """An end-to-end encrypted group message; the relay forwards the bytes unchanged."""
 
     group: Name
@@ -152,7 +163,7 @@ class GroupMessage(_Frame, tag="msg"):
     box: Blob
 
 
-class Invite(_Frame, tag="invite"):
+class Invite(_Frame, tag="invite", frozen=True):
     """A group key sealed to ``target`` and signed by ``inviter``."""
 
     group: Name
@@ -174,6 +185,7 @@ Frame = (
     | Pong
     | Login
     | Subscribe
+    | Unsubscribe
     | Ping
     | GroupMessage
     | Invite
@@ -186,7 +198,7 @@ class _Body(msgspec.Struct, array_like=True, forbid_unknown_fields=True, frozen=
     """Base of the structs carried inside signed or encrypted blobs."""
 
 
-class LoginBody(_Body):
+class LoginBody(_Body, frozen=True):
     """Plaintext sealed inside :class:`Login`. Only the relay can open it."""
 
     user: Name
@@ -199,7 +211,7 @@ class LoginBody(_Body):
         return f"LoginBody(user={self.user!r}, password='***')"
 
 
-class WelcomeBody(_Body):
+class WelcomeBody(_Body, frozen=True):
     """Login result, bound to the session's challenge."""
 
     challenge: Challenge
@@ -207,7 +219,7 @@ class WelcomeBody(_Body):
     roster_version: Annotated[int, Meta(ge=0)]
 
 
-class RosterEntry(_Body):
+class RosterEntry(_Body, frozen=True):
     """One account: its identity keys and whether it is online now."""
 
     user: Name
@@ -216,7 +228,7 @@ class RosterEntry(_Body):
     online: bool
 
 
-class RosterBody(_Body):
+class RosterBody(_Body, frozen=True):
     """Every account the relay knows. ``version`` only ever increases."""
 
     version: Annotated[int, Meta(ge=1)]
@@ -226,7 +238,7 @@ class RosterBody(_Body):
 NoticeKind = Literal["conflict", "replaced", "shutdown"]
 
 
-class NoticeBody(_Body):
+class NoticeBody(_Body, frozen=True):
     """A relay announcement that applies to one session only."""
 
     challenge: Challenge
@@ -234,7 +246,7 @@ class NoticeBody(_Body):
     message: str
 
 
-class Envelope(_Body):
+class Envelope(_Body, frozen=True):
     """Signed content of a group message, encrypted under the group key."""
 
     group: Name
@@ -244,7 +256,7 @@ class Envelope(_Body):
     body: str
 
 
-class SignedEnvelope(_Body):
+class SignedEnvelope(_Body, frozen=True):
     """The plaintext inside a group message box: an encoded envelope and its signature."""
 
     envelope: Blob
@@ -274,4 +286,3 @@ def decode_frame(data: bytes | bytearray | memoryview | str) -> Frame:
         return _frame_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"invalid frame: {exc}") from None
-

@@ -35,7 +35,9 @@ class RunningRelay:
     credentials: Credentials
 
     @asynccontextmanager
-    async def client(self, user: str, password: str | None = None, **kwargs: Any) -> AsyncIterator[Client]:
+    async def client(
+        self, user: str, password: str | None = None, **kwargs: Any
+    ) -> AsyncIterator[Client]:
         """Connect ``user`` with its own state folder under the relay's data folder."""
         kwargs.setdefault("state_dir", self.data_dir / f"client-{user}")
         async with connect(
@@ -70,5 +72,5 @@ async def running_relay(data_dir: Path, **config: Any) -> AsyncIterator[RunningR
 async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
     """Poll ``predicate()`` every 10 ms until it is true or ``timeout`` seconds pass."""
     with trio.fail_after(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 (polls state that has no event)
             await trio.sleep(0.01)

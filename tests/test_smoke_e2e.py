@@ -10,20 +10,23 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_invite_then_message(tmp_path):
-    async with running_relay(tmp_path) as relay:
-        async with relay.client("alice") as alice, relay.client("bob") as bob:
-            received: list[MessageReceived] = []
-            got = trio.Event()
+    received: list[MessageReceived] = []
+    got = trio.Event()
 
-            def on_message(event: MessageReceived) -> None:
-                received.append(event)
-                got.set()
+    def on_message(event: MessageReceived) -> None:
+        received.append(event)
+        got.set()
 
-            bob.on(MessageReceived, on_message)
-            await alice.invite("bob", "team")
-            msg_id = await alice.send("team", "hello bob")
-            with trio.fail_after(5):
-                await got.wait()
+    async with (
+        running_relay(tmp_path) as relay,
+        relay.client("alice") as alice,
+        relay.client("bob") as bob,
+    ):
+        bob.on(MessageReceived, on_message)
+        await alice.invite("bob", "team")
+        msg_id = await alice.send("team", "hello bob")
+        with trio.fail_after(5):
+            await got.wait()
 
     assert received[0].text == "hello bob"
     assert received[0].sender == "alice"

@@ -1,5 +1,6 @@
 """t2t clients: the trio-native :func:`connect` and the blocking :class:`ChatClient`."""
 
+from t2t.client.blocking import ChatClient
 from t2t.client.connection import Client, connect
 
-__all__ = ["Client", "connect"]
+__all__ = ["ChatClient", "Client", "connect"]

@@ -14,6 +14,7 @@ WebSocket; it never waits for unread events.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import logging
@@ -45,6 +46,7 @@ from t2t.errors import (
     ProtocolError,
     SendError,
     T2TError,
+    close_details,
 )
 from t2t.events import (
     ClientEvent,
@@ -52,8 +54,6 @@ from t2t.events import (
     Disconnected,
     Event,
     InviteReceived,
-    MessageReceived,
-    MessageRejected,
     RosterChanged,
 )
 from t2t.frames import Name
@@ -73,6 +73,7 @@ log = logging.getLogger("t2t.client")
 DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024  # bytes, the relay's default limit
 DEFAULT_WINDOW: Final = 64  # unacknowledged group messages per client
 DEFAULT_EVENT_BUFFER: Final = 1024  # events queued for the application
+ROSTER_GRACE: Final = 1.0  # seconds invite() waits for an unknown peer to appear in the roster
 
 _E = TypeVar("_E", bound=Event)
 Callback = Callable[[Any], Awaitable[None] | None]
@@ -122,6 +123,7 @@ class Client:
             event_buffer
         )
         self._events_wanted = False
+        self._roster_updated = trio.Event()
         self._disconnected: Disconnected | None = None
         self._last_pong = trio.current_time()
         self._nonces = itertools.count(1)
@@ -164,7 +166,8 @@ class Client:
         """
         if group not in self._protocol.group_keys:
             raise SendError(
-                "no-group-key", f"no key for group {group!r}; create it with invite() or get invited"
+                "no-group-key",
+                f"no key for group {group!r}; create it with invite() or get invited",
             )
         async with self._window:
             msg_id, data = self._protocol.seal(group, text)
@@ -179,6 +182,10 @@ class Client:
                 relay's refusal (for example ``offline-target``).
             DisconnectedError: the connection closed first.
         """
+        with trio.move_on_after(ROSTER_GRACE):
+            # A peer who has just logged in may be in the next roster push.
+            while peer not in self._protocol.roster:
+                await self._roster_updated.wait()
         if peer not in self._protocol.roster:
             raise SendError("unknown-user", f"user {peer!r} is not in the roster")
         if group not in self._protocol.group_keys:
@@ -201,13 +208,19 @@ class Client:
     async def events(self) -> AsyncIterator[ClientEvent]:
         """Yield every event in order, ending with :class:`Disconnected`.
 
-        Events are buffered up to ``event_buffer``; if the application falls
-        that far behind, the client disconnects rather than grow memory.
+        Events are buffered from the moment of login, up to ``event_buffer``
+        of them. Until the first call of events(), a full buffer drops its
+        oldest event. After that, an application that falls ``event_buffer``
+        events behind is disconnected as a slow consumer, so memory stays
+        bounded.
         """
         self._events_wanted = True
         async for event in self._events_receive:
             yield event
+            if isinstance(event, Disconnected):
+                return
         if self._disconnected is not None:
+            # The dispatcher stopped before it could forward the disconnect.
             yield self._disconnected
 
     # Connection management ------------------------------------------------
@@ -218,11 +231,13 @@ class Client:
             try:
                 data = await self._ws.get_message()
             except ConnectionClosed as exc:
-                reason = exc.reason
-                raise DisconnectedError(reason.code, reason.reason or reason.name) from None
+                raise DisconnectedError(*close_details(exc.reason)) from None
             for output in self._protocol.receive(data):
                 if isinstance(output, Outgoing):
                     await self._ws.send_message(output.data)
+
+    async def _subscribe_known_groups(self) -> None:
+        """Resubscribe to every group in the key file. Needs the reader running."""
         for group in self.groups:
             try:
                 await self._request(("subscribe", group), self._protocol.subscribe(group))
@@ -250,15 +265,14 @@ class Client:
                 for output in outputs:
                     self._handle(output)
         except ConnectionClosed as exc:
-            reason = exc.reason
-            self._finish(reason.code, reason.reason or reason.name)
+            self._finish(*close_details(exc.reason))
 
     def _handle(self, output: object) -> None:
         match output:
             case Reply(key, error):
                 self._resolve(key, error)
             case InviteOffer():
-                self._queue_event(output)  # type: ignore[arg-type]
+                self._queue_event(output)
             case PongReceived():
                 self._last_pong = trio.current_time()
             case Outgoing(data):
@@ -269,6 +283,10 @@ class Client:
                 )
                 if not has_handler:
                     raise ConflictError(output.message)
+                self._queue_event(output)
+            case RosterChanged():
+                self._roster_updated.set()
+                self._roster_updated = trio.Event()
                 self._queue_event(output)
             case Event():
                 self._queue_event(output)  # type: ignore[arg-type]
@@ -295,12 +313,14 @@ class Client:
             await self._ws.send_message(data)
         except ConnectionClosed as exc:
             self._pending.pop(key, None)
-            raise DisconnectedError(exc.reason.code, exc.reason.reason or exc.reason.name) from None
+            raise DisconnectedError(*close_details(exc.reason)) from None
         with trio.move_on_after(self._request_timeout) as timeout:
             await pending.done.wait()
         if timeout.cancelled_caught:
             self._pending.pop(key, None)
-            raise TimeoutError(f"no reply from the relay within {self._request_timeout:g} s for {key}")
+            raise TimeoutError(
+                f"no reply from the relay within {self._request_timeout:g} s for {key}"
+            )
         if pending.error is not None:
             raise pending.error
 
@@ -318,19 +338,32 @@ class Client:
             self._cancel.cancel()
 
     async def _dispatch(self) -> None:
-        async for item in self._dispatch_receive:
-            event: ClientEvent
-            if isinstance(item, InviteOffer):
-                event = await self._decide_invite(item)
-            else:
-                event = item
-            await self._run_callbacks(event)
-            if self._events_wanted:
-                try:
-                    self._events_send.send_nowait(event)
-                except trio.WouldBlock:
+        # Closing the events channel on every exit, cancellation included,
+        # ends any events() loop instead of leaving it waiting forever.
+        with self._events_send:
+            async for item in self._dispatch_receive:
+                event: ClientEvent
+                if isinstance(item, InviteOffer):
+                    event = await self._decide_invite(item)
+                else:
+                    event = item
+                await self._run_callbacks(event)
+                if not self._publish_event(event):
                     self._slow_application()
                     return
+
+    def _publish_event(self, event: ClientEvent) -> bool:
+        """Buffer ``event`` for events(). Returns False if a reader fell behind."""
+        try:
+            self._events_send.send_nowait(event)
+        except trio.WouldBlock:
+            if self._events_wanted:
+                return False
+            # Nobody has called events() yet: the application may use only
+            # callbacks, so keep the newest events instead of disconnecting.
+            self._events_receive.receive_nowait()
+            self._events_send.send_nowait(event)
+        return True
 
     async def _decide_invite(self, offer: InviteOffer) -> InviteReceived:
         accepted = True
@@ -339,16 +372,23 @@ class Client:
                 result = self.accept_invite(InviteReceived(offer.group, offer.inviter, False))
                 accepted = bool(await result) if inspect.isawaitable(result) else bool(result)
             except Exception:
-                log.exception("invite decision callback failed; declining invite to %s", offer.group)
+                log.exception(
+                    "invite decision callback failed; declining invite to %s", offer.group
+                )
                 accepted = False
+        # The relay subscribed this session when it forwarded the invite.
         if accepted:
             self._protocol.group_keys[offer.group] = offer.group_key
             save_group_keys(self._group_keys_file, self._protocol.group_keys)
-            try:
-                await self._request(("subscribe", offer.group), self._protocol.subscribe(offer.group))
-            except (SendError, TimeoutError) as exc:
-                log.warning("accepted invite to %s but cannot subscribe: %s", offer.group, exc)
-        log.info("invite to group %s from %s %s", offer.group, offer.inviter, "accepted" if accepted else "declined")
+        elif offer.group not in self._protocol.group_keys:
+            with contextlib.suppress(ConnectionClosed):
+                await self._ws.send_message(self._protocol.unsubscribe(offer.group))
+        log.info(
+            "invite to group %s from %s %s",
+            offer.group,
+            offer.inviter,
+            "accepted" if accepted else "declined",
+        )
         return InviteReceived(offer.group, offer.inviter, accepted)
 
     async def _run_callbacks(self, event: ClientEvent) -> None:
@@ -395,12 +435,9 @@ class Client:
             pending.done.set()
         self._pending.clear()
         # The dispatcher delivers Disconnected to callbacks after what is queued.
-        try:
+        with contextlib.suppress(trio.WouldBlock):
             self._dispatch_send.send_nowait(self._disconnected)
-        except trio.WouldBlock:
-            pass
         self._dispatch_send.close()
-        self._events_send.close()
 
 
 @asynccontextmanager
@@ -507,6 +544,7 @@ async def connect(
             await _log_in(client, ws, url, connect_timeout)
             async with trio.open_nursery() as nursery:
                 await nursery.start(client._run)
+                await client._subscribe_known_groups()
                 yield client
                 nursery.cancel_scope.cancel()
     except (OSError, HandshakeError) as exc:
@@ -545,5 +583,6 @@ def _validate_name(value: str, what: str) -> None:
         msgspec.convert(value, Name)
     except msgspec.ValidationError:
         raise ValueError(
-            f"invalid {what} id {value!r}: use 1 to 64 characters without spaces or control characters"
+            f"invalid {what} id {value!r}: use 1 to 64 characters without spaces, "
+            "control or invisible formatting characters"
         ) from None

@@ -25,6 +25,7 @@ from t2t.errors import (
 from t2t.frames import Name, PublicKey, Signature
 
 CERTIFICATE_VERSION: Final = 1
+MAX_CERTIFICATE_DAYS: Final = 36500  # keeps not_after far inside MessagePack's int64
 # Domain separation: a certificate signature can never be mistaken for any
 # other signature made with the same CA key.
 _CERT_DOMAIN: Final = b"t2t/v1/certificate\x00"
@@ -70,8 +71,8 @@ def issue_certificate(
     Raises:
         ValueError: if ``days`` is not positive or ``name`` is not a valid name.
     """
-    if days <= 0:
-        raise ValueError(f"days must be positive, got {days}")
+    if not 0 < days <= MAX_CERTIFICATE_DAYS:
+        raise ValueError(f"days must be between 1 and {MAX_CERTIFICATE_DAYS}, got {days}")
     issued = time.time() if now is None else now
     body = CertificateBody(
         version=CERTIFICATE_VERSION,

@@ -159,7 +159,9 @@ def open_invite(frame: Invite, me: KeyPair, inviter_sign_key: bytes) -> bytes:
     """
     signed = _invite_signed_bytes(frame.group, frame.inviter, frame.target, frame.sealed_key)
     if not verify_signature(inviter_sign_key, signed, frame.signature):
-        raise InvalidMessageError(f"invite signature does not match {frame.inviter!r}'s identity key")
+        raise InvalidMessageError(
+            f"invite signature does not match {frame.inviter!r}'s identity key"
+        )
     try:
         key = nacl.public.SealedBox(me.box).decrypt(frame.sealed_key)
     except nacl.exceptions.CryptoError:

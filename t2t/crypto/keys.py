@@ -18,6 +18,7 @@ import binascii
 import contextlib
 import hashlib
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -96,9 +97,7 @@ class KeyPair:
     def __init__(self, signing_key: nacl.signing.SigningKey) -> None:
         self.signing = signing_key
         self.box = signing_key.to_curve25519_private_key()
-        self.public = PublicIdentity(
-            bytes(signing_key.verify_key), bytes(self.box.public_key)
-        )
+        self.public = PublicIdentity(bytes(signing_key.verify_key), bytes(self.box.public_key))
 
     @classmethod
     def generate(cls) -> KeyPair:
@@ -199,20 +198,33 @@ def write_file_atomic(path: Path, text: str, *, private: bool) -> None:
     new one and never a partial write.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     mode = PRIVATE_FILE_MODE if private else 0o644
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # mkstemp creates the file with O_EXCL and mode 0600 under an
+    # unpredictable name, so no other process can pre-create or symlink it
+    # and the secret is never readable by others, even before the rename.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
+            os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
-        os.chmod(tmp, mode)  # O_CREAT's mode is filtered by the umask
         os.replace(tmp, path)
+        _fsync_directory(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Flush a folder entry so that a rename inside it survives a crash."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_key_pair(path: Path) -> KeyPair:

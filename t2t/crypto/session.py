@@ -84,7 +84,9 @@ def open_login(relay: KeyPair, challenge: bytes, frame: Login) -> LoginBody:
         raise CryptoError(f"login body is malformed: {exc}") from None
     if not PublicIdentity(body.sign_key, body.box_key).is_consistent():
         raise CryptoError("login identity keys do not belong together")
-    if not verify_signature(body.sign_key, _LOGIN_DOMAIN + challenge + frame.sealed, frame.signature):
+    if not verify_signature(
+        body.sign_key, _LOGIN_DOMAIN + challenge + frame.sealed, frame.signature
+    ):
         raise CryptoError("login signature does not cover this connection's challenge")
     return body
 
@@ -129,7 +131,9 @@ def verify_welcome(relay_key: bytes, challenge: bytes, frame: Welcome) -> Welcom
     Raises:
         CryptoError: if the signature fails or the challenge is not ours.
     """
-    body = _verify(relay_key, _WELCOME_DOMAIN, frame.body, frame.signature, _welcome_decoder, "welcome")
+    body = _verify(
+        relay_key, _WELCOME_DOMAIN, frame.body, frame.signature, _welcome_decoder, "welcome"
+    )
     if body.challenge != challenge:
         raise CryptoError("welcome is bound to another session's challenge")
     return body
@@ -141,7 +145,9 @@ def verify_roster(relay_key: bytes, frame: Roster) -> RosterBody:
     Raises:
         CryptoError: if the signature fails or the body is malformed.
     """
-    return _verify(relay_key, _ROSTER_DOMAIN, frame.body, frame.signature, _roster_decoder, "roster")
+    return _verify(
+        relay_key, _ROSTER_DOMAIN, frame.body, frame.signature, _roster_decoder, "roster"
+    )
 
 
 def verify_notice(relay_key: bytes, challenge: bytes, frame: Notice) -> NoticeBody:
@@ -150,7 +156,9 @@ def verify_notice(relay_key: bytes, challenge: bytes, frame: Notice) -> NoticeBo
     Raises:
         CryptoError: if the signature fails or the challenge is not ours.
     """
-    body = _verify(relay_key, _NOTICE_DOMAIN, frame.body, frame.signature, _notice_decoder, "notice")
+    body = _verify(
+        relay_key, _NOTICE_DOMAIN, frame.body, frame.signature, _notice_decoder, "notice"
+    )
     if body.challenge != challenge:
         raise CryptoError("notice is bound to another session's challenge; replayed")
     return body

@@ -24,13 +24,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
-from t2t.events import (
-    ClientEvent,
-    Conflict,
-    MessageReceived,
-    MessageRejected,
-    RosterChanged,
-)
 from t2t.crypto.cert import verify_certificate
 from t2t.crypto.group import (
     InvalidMessageError,
@@ -51,6 +44,13 @@ from t2t.errors import (
     ProtocolVersionError,
     SendError,
 )
+from t2t.events import (
+    ClientEvent,
+    Conflict,
+    MessageReceived,
+    MessageRejected,
+    RosterChanged,
+)
 from t2t.frames import (
     PROTOCOL_VERSION,
     Ack,
@@ -67,6 +67,7 @@ from t2t.frames import (
     RosterEntry,
     Subscribe,
     Subscribed,
+    Unsubscribe,
     Welcome,
     decode_frame,
     encode,
@@ -253,7 +254,9 @@ class ClientProtocol:
             )
             return [
                 MessageRejected(
-                    None, None, f"roster version {body.version} is not newer than {self.roster_version}"
+                    None,
+                    None,
+                    f"roster version {body.version} is not newer than {self.roster_version}",
                 )
             ]
         self.roster_version = body.version
@@ -376,6 +379,10 @@ class ClientProtocol:
     @staticmethod
     def subscribe(group: str) -> bytes:
         return encode(Subscribe(group))
+
+    @staticmethod
+    def unsubscribe(group: str) -> bytes:
+        return encode(Unsubscribe(group))
 
     @staticmethod
     def ping(nonce: int) -> bytes:

@@ -46,6 +46,7 @@ from t2t.frames import (
     RosterEntry,
     Subscribe,
     Subscribed,
+    Unsubscribe,
     WelcomeBody,
     decode_frame,
     encode,
@@ -67,7 +68,7 @@ class ConnState(enum.Enum):
 _ALLOWED: Final[dict[ConnState, tuple[type[Frame], ...]]] = {
     ConnState.AWAITING_LOGIN: (Login, Ping),
     ConnState.VERIFYING: (Ping,),
-    ConnState.ACTIVE: (GroupMessage, Invite, Subscribe, Ping),
+    ConnState.ACTIVE: (GroupMessage, Invite, Subscribe, Unsubscribe, Ping),
     ConnState.CLOSED: (),
 }
 
@@ -220,6 +221,10 @@ class RelayProtocol:
                 return self._on_invite(session, frame, data)
             case Subscribe():
                 return self._on_subscribe(session, frame)
+            case Unsubscribe():
+                assert session.user is not None
+                self.router.unsubscribe(frame.group, session.user)
+                return []
             case Ping():
                 return [Send(session.conn_id, encode(Pong(frame.nonce)))]
             case Login():
@@ -275,9 +280,15 @@ class RelayProtocol:
             self._accounts[user] = account
             self.roster_dirty = True
             log.info("registered account user=%s conn=%d", user, conn_id)
+        elif account is None:
+            # Accounts are never deleted, so a checked hash always has one.
+            raise AssertionError(f"password checked for unknown account {user!r}")
         elif not ok:
             notice = self._notice(session, "conflict", f"wrong password for user {user!r}")
-            return [Send(conn_id, notice), *self._close(session, CLOSE_POLICY_VIOLATION, "login rejected: wrong password")]
+            return [
+                Send(conn_id, notice),
+                *self._close(session, CLOSE_POLICY_VIOLATION, "login rejected: wrong password"),
+            ]
 
         actions: list[Action] = []
         if account.identity != identity:
@@ -333,13 +344,17 @@ class RelayProtocol:
         try:
             created = self.router.subscribe(frame.group, user, session.conn_id)
         except RoutingError as exc:
-            return [Send(session.conn_id, encode(Error(exc.code, exc.message, frame.group.encode())))]
+            return [
+                Send(session.conn_id, encode(Error(exc.code, exc.message, frame.group.encode())))
+            ]
         if created:
             self._store.create_group(frame.group, user)
             log.info("created group group=%s creator=%s", frame.group, user)
         return [Send(session.conn_id, encode(Subscribed(frame.group)))]
 
-    def _on_group_message(self, session: _Session, frame: GroupMessage, data: bytes) -> list[Action]:
+    def _on_group_message(
+        self, session: _Session, frame: GroupMessage, data: bytes
+    ) -> list[Action]:
         self._check_sender(session, frame.sender, "sender")
         try:
             recipients = self.router.recipients(frame.group, frame.sender)
@@ -373,6 +388,10 @@ class RelayProtocol:
         if error is not None:
             return [Send(session.conn_id, encode(error))]
         assert target_conn is not None
+        # Subscribe the target's session now, before the inviter hears back,
+        # so that a message sent right after the invite is not lost while the
+        # target is still opening it. A target that declines unsubscribes.
+        self.router.subscribe(frame.group, frame.target, target_conn)
         return [
             Send(target_conn, data),
             Send(session.conn_id, encode(Invited(frame.group, frame.target))),

@@ -58,6 +58,14 @@ class Router:
         self._subscriptions.setdefault(user, set()).add(group)
         return created
 
+    def unsubscribe(self, group: str, user: str) -> None:
+        subscribers = self._subscribers.get(group)
+        if subscribers is not None:
+            subscribers.pop(user, None)
+            if not subscribers:
+                del self._subscribers[group]
+        self._subscriptions.get(user, set()).discard(group)
+
     def unsubscribe_all(self, user: str) -> None:
         for group in self._subscriptions.pop(user, ()):
             subscribers = self._subscribers.get(group)

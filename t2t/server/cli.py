@@ -15,7 +15,7 @@ from t2t._version import __version__
 from t2t.errors import KeyFileError
 from t2t.server.credentials import Credentials, SetupError, load_development, load_production
 from t2t.server.passwords import DEFAULT_MEMLIMIT, DEFAULT_OPSLIMIT, MIB, HashCost
-from t2t.server.relay import KIB, Relay, RelayConfig
+from t2t.server.relay import Relay, RelayConfig
 from t2t.server.storage import Store
 
 log = logging.getLogger("t2t.relay")
@@ -35,29 +35,110 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     net = parser.add_argument_group("network")
-    net.add_argument("--host", default=defaults.host, help="address to listen on; use :: or 0.0.0.0 for all interfaces")
-    net.add_argument("--port", type=int, default=defaults.port, help="TCP port to listen on; 0 picks a free port")
-    net.add_argument("--tls-cert", type=Path, help="PEM certificate chain; with --tls-key, serve wss:// instead of ws://")
+    net.add_argument(
+        "--host",
+        default=defaults.host,
+        help="address to listen on; use :: or 0.0.0.0 for all interfaces",
+    )
+    net.add_argument(
+        "--port", type=int, default=defaults.port, help="TCP port to listen on; 0 picks a free port"
+    )
+    net.add_argument(
+        "--tls-cert",
+        type=Path,
+        help="PEM certificate chain; with --tls-key, serve wss:// instead of ws://",
+    )
     net.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
 
     keys = parser.add_argument_group("identity")
-    keys.add_argument("--data-dir", type=Path, default=Path("t2t-data"), help="folder for the account database, relay key and development CA")
-    keys.add_argument("--cert", type=Path, help="relay certificate signed by your CA (python -m t2t.ca sign); without it, a development CA is created in --data-dir")
-    keys.add_argument("--key", type=Path, help="relay private key file; created with mode 0600 if missing (default: DATA_DIR/relay.key)")
-    keys.add_argument("--ca", type=Path, help="CA public key file; with --cert, also check the certificate's CA signature at start")
-    keys.add_argument("--name", help="relay name written into a development certificate; clients must connect with this name (default: --host)")
+    keys.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("t2t-data"),
+        help="folder for the account database, relay key and development CA",
+    )
+    keys.add_argument(
+        "--cert",
+        type=Path,
+        help=(
+            "relay certificate signed by your CA (python -m t2t.ca sign); "
+            "without it, a development CA is created in --data-dir"
+        ),
+    )
+    keys.add_argument(
+        "--key",
+        type=Path,
+        help="relay private key file, created with mode 0600 if missing (default: DATA_DIR/relay.key)",  # noqa: E501
+    )
+    keys.add_argument(
+        "--ca",
+        type=Path,
+        help="CA public key file; with --cert, also check the certificate's CA signature at start",
+    )
+    keys.add_argument(
+        "--name",
+        help=(
+            "relay name written into a development certificate; clients must use this "
+            "name, which by default is the host in their URL (default: --host)"
+        ),
+    )
 
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--max-message-size", type=int, default=defaults.max_message_size, help="largest inbound WebSocket message, in bytes; larger ones close the connection with 1009")
-    limits.add_argument("--queue-size", type=int, default=defaults.queue_size, help="outbound frames queued per connection before the peer is dropped as a slow consumer")
-    limits.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout, help="seconds without any frame from a client before its connection is closed")
-    limits.add_argument("--login-timeout", type=float, default=defaults.login_timeout, help="seconds a new connection has to log in")
-    limits.add_argument("--roster-debounce", type=float, default=defaults.roster_debounce, help="seconds to gather roster changes before pushing one update")
-    limits.add_argument("--hash-threads", type=int, default=defaults.hash_threads, help="password hashes computed at once, each in its own worker thread")
-    limits.add_argument("--hash-ops", type=int, default=DEFAULT_OPSLIMIT, help="argon2id passes (t) for new password hashes")
-    limits.add_argument("--hash-memory", type=int, default=DEFAULT_MEMLIMIT // MIB, help="argon2id memory (m) for new password hashes, in MiB")
+    limits.add_argument(
+        "--max-message-size",
+        type=int,
+        default=defaults.max_message_size,
+        help="largest inbound WebSocket message, in bytes; a larger one closes with code 1009",
+    )
+    limits.add_argument(
+        "--queue-size",
+        type=int,
+        default=defaults.queue_size,
+        help="outbound frames queued per connection before the peer is dropped as a slow consumer",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=defaults.idle_timeout,
+        help="seconds without any frame from a client before its connection is closed",
+    )
+    limits.add_argument(
+        "--login-timeout",
+        type=float,
+        default=defaults.login_timeout,
+        help="seconds a new connection has to log in",
+    )
+    limits.add_argument(
+        "--roster-debounce",
+        type=float,
+        default=defaults.roster_debounce,
+        help="seconds to gather roster changes before pushing one update",
+    )
+    limits.add_argument(
+        "--hash-threads",
+        type=int,
+        default=defaults.hash_threads,
+        help="password hashes computed at once, each in its own worker thread",
+    )
+    limits.add_argument(
+        "--hash-ops",
+        type=int,
+        default=DEFAULT_OPSLIMIT,
+        help="argon2id passes (t) for new password hashes",
+    )
+    limits.add_argument(
+        "--hash-memory",
+        type=int,
+        default=DEFAULT_MEMLIMIT // MIB,
+        help="argon2id memory (m) for new password hashes, in MiB",
+    )
 
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="minimum level of log records written to stderr")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="minimum level of log records written to stderr",
+    )
     parser.add_argument("--version", action="version", version=f"t2t {__version__}")
     return parser
 
@@ -71,7 +152,9 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(args.tls_cert, args.tls_key)
     except (OSError, ssl.SSLError) as exc:
-        raise SetupError(f"cannot load TLS certificate {args.tls_cert} and key {args.tls_key}: {exc}") from None
+        raise SetupError(
+            f"cannot load TLS certificate {args.tls_cert} and key {args.tls_key}: {exc}"
+        ) from None
     return context
 
 
@@ -90,11 +173,14 @@ async def _run(relay: Relay) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(relay.serve)
             async for signum in signals:
-                log.info("received %s, closing %d connections", signal.Signals(signum).name, relay.connection_count)
+                log.info(
+                    "received %s, closing %d connections",
+                    signal.Signals(signum).name,
+                    relay.connection_count,
+                )
                 relay.shutdown()
                 with trio.move_on_after(SHUTDOWN_GRACE):
-                    while relay.connection_count:
-                        await trio.sleep(0.01)
+                    await relay.wait_all_closed()
                 nursery.cancel_scope.cancel()
                 break
 

@@ -39,7 +39,9 @@ log = logging.getLogger("t2t.relay")
 
 DEV_CA_DIR: Final = "dev-ca"
 DEV_CERT_DAYS: Final = 365
-RENEW_BEFORE: Final = 7 * 86400  # reissue a development certificate this close to expiry, in seconds
+RENEW_BEFORE: Final = (
+    7 * 86400
+)  # reissue a development certificate this close to expiry, in seconds
 
 
 class SetupError(Exception):
@@ -108,7 +110,8 @@ def load_production(cert_path: Path, key_path: Path, ca_path: Path | None) -> Cr
         )
         raise SetupError(
             f"certificate {cert_path} not found. Sign the relay key with your CA, then start "
-            f"the relay again:\n    {command}\n(replace RELAY_NAME with the name clients connect to)"
+            f"the relay again:\n    {command}\n"
+            "(replace RELAY_NAME with the name clients connect to)"
         )
     try:
         data = read_armored(cert_path, CERTIFICATE_LABEL)

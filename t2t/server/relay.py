@@ -33,6 +33,7 @@ from t2t.errors import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
+    close_details,
 )
 from t2t.protocol.relay import CheckPassword, Close, ConnState, RelayProtocol, RelayStore, Send
 from t2t.server.passwords import HashCost, hash_password, verify_password
@@ -65,7 +66,9 @@ class RelayConfig:
         if self.roster_debounce < 0:
             raise ValueError(f"roster_debounce must not be negative, got {self.roster_debounce}")
         if self.max_message_size < KIB:
-            raise ValueError(f"max_message_size must be at least {KIB} bytes, got {self.max_message_size}")
+            raise ValueError(
+                f"max_message_size must be at least {KIB} bytes, got {self.max_message_size}"
+            )
         if self.queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {self.queue_size}")
         if self.hash_threads < 1:
@@ -148,6 +151,7 @@ class Relay:
         self._hash_limiter = trio.CapacityLimiter(config.hash_threads)
         self._roster_changed = trio.Event()
         self._shutting_down = False
+        self._all_closed = trio.Event()
         self.rejected_frames: Counter[str] = Counter()  # close reason -> count, for operators
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -194,6 +198,17 @@ class Relay:
                 conn.enqueue(notice)
             conn.close(CLOSE_GOING_AWAY, "relay shutting down")
 
+    def _shutting_down_now(self) -> bool:
+        # A method, not an attribute read, so that type checkers do not treat
+        # the flag as constant after an early check.
+        return self._shutting_down
+
+    async def wait_all_closed(self) -> None:
+        """Return once no connection is open."""
+        while self._connections:
+            self._all_closed = trio.Event()
+            await self._all_closed.wait()
+
     @property
     def connection_count(self) -> int:
         return len(self._connections)
@@ -201,7 +216,7 @@ class Relay:
     # Per connection ----------------------------------------------------------
 
     async def _handle(self, request: WebSocketRequest) -> None:
-        if self._shutting_down:
+        if self._shutting_down_now():
             await request.reject(503, body=b"relay shutting down")
             return
         ws = await request.accept()
@@ -222,11 +237,13 @@ class Relay:
             log.exception("connection failed conn=%d", conn.conn_id)
             conn.close_code, conn.close_reason = CLOSE_INTERNAL_ERROR, "internal error"
         finally:
-            if self._shutting_down and not conn.closing:
+            if self._shutting_down_now() and not conn.closing:
                 conn.close_code, conn.close_reason = CLOSE_GOING_AWAY, "relay shutting down"
             user = self.protocol.user_of(conn.conn_id)
             self.protocol.disconnect(conn.conn_id)
             del self._connections[conn.conn_id]
+            if not self._connections:
+                self._all_closed.set()
             if self.protocol.roster_dirty:
                 self._roster_changed.set()
             with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
@@ -249,9 +266,8 @@ class Relay:
         except ConnectionClosed as exc:
             if not conn.closing:
                 conn.closing = True
-                reason = exc.reason
-                conn.close_code = reason.code
-                conn.close_reason = reason.reason or reason.name
+                code, conn.close_reason = close_details(exc.reason)
+                conn.close_code = CLOSE_NORMAL if code is None else code
                 scope.cancel()
 
     async def _apply(self, conn: _Connection, actions: list[Send | Close | CheckPassword]) -> None:
@@ -281,7 +297,9 @@ class Relay:
         ok = await trio.to_thread.run_sync(
             verify_password, action.password_hash, password, limiter=self._hash_limiter
         )
-        return self.protocol.password_checked(action.conn_id, ok=ok, new_hash=None, password=password)
+        return self.protocol.password_checked(
+            action.conn_id, ok=ok, new_hash=None, password=password
+        )
 
     def _send(self, conn_id: int, data: bytes) -> None:
         conn = self._connections.get(conn_id)
@@ -297,7 +315,9 @@ class Relay:
                 self.config.queue_size,
             )
             self.rejected_frames["slow consumer"] += 1
-            conn.abort(CLOSE_POLICY_VIOLATION, f"slow consumer: {self.config.queue_size} frames queued")
+            conn.abort(
+                CLOSE_POLICY_VIOLATION, f"slow consumer: {self.config.queue_size} frames queued"
+            )
 
     def _close(self, conn_id: int, code: int, reason: str) -> None:
         conn = self._connections.get(conn_id)
@@ -331,9 +351,14 @@ class Relay:
         login_deadline = trio.current_time() + config.login_timeout
         while True:
             now = trio.current_time()
-            if self.protocol.state_of(conn.conn_id) in (ConnState.AWAITING_LOGIN, ConnState.VERIFYING):
+            if self.protocol.state_of(conn.conn_id) in (
+                ConnState.AWAITING_LOGIN,
+                ConnState.VERIFYING,
+            ):
                 if now >= login_deadline:
-                    conn.close(CLOSE_POLICY_VIOLATION, f"no login within {config.login_timeout:g} s")
+                    conn.close(
+                        CLOSE_POLICY_VIOLATION, f"no login within {config.login_timeout:g} s"
+                    )
                     return
                 wake = min(login_deadline, conn.last_received + config.idle_timeout)
             else:
@@ -360,5 +385,3 @@ class Relay:
 
 def _format_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
