@@ -19,6 +19,7 @@ import inspect
 import itertools
 import logging
 import math
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -105,8 +106,10 @@ class Client:
         heartbeat_interval: float,
         heartbeat_timeout: float,
         accept_invite: InviteDecision | None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         self._ws = ws
+        self._max_message_size = max_message_size
         self._protocol = protocol
         self._group_keys_file = group_keys_file
         self._window = trio.Semaphore(window)
@@ -171,6 +174,14 @@ class Client:
             )
         async with self._window:
             msg_id, data = self._protocol.seal(group, text)
+            if len(data) > self._max_message_size:
+                # The relay would close the whole connection with 1009, so
+                # refuse this one message here instead.
+                raise SendError(
+                    "message-too-large",
+                    f"encrypted message is {len(data)} bytes, over the {self._max_message_size} "
+                    "byte limit; split the text or raise max_message_size on both sides",
+                )
             await self._request(message_key(msg_id), data)
         return msg_id
 
@@ -459,6 +470,7 @@ async def connect(
     heartbeat_interval: float = 20.0,
     heartbeat_timeout: float = 10.0,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to a relay, log in, and yield a :class:`Client`.
 
@@ -481,7 +493,10 @@ async def connect(
         request_timeout: Seconds to wait for the relay's reply to a request.
         heartbeat_interval: Seconds between pings.
         heartbeat_timeout: Seconds to wait for a pong before giving up.
-        max_message_size: Largest inbound message accepted, in bytes.
+        max_message_size: Largest message sent or accepted, in bytes; keep it
+            equal to the relay's ``--max-message-size``.
+        ssl_context: TLS settings for ``wss://`` URLs, for example to trust a
+            private TLS CA; the system defaults when None.
 
     Raises:
         CertificateError: the relay certificate failed a check.
@@ -525,6 +540,7 @@ async def connect(
     try:
         async with open_websocket_url(
             url,
+            ssl_context=ssl_context,
             max_message_size=max_message_size,
             connect_timeout=connect_timeout,
             disconnect_timeout=2.0,
@@ -540,6 +556,7 @@ async def connect(
                 heartbeat_interval=heartbeat_interval,
                 heartbeat_timeout=heartbeat_timeout,
                 accept_invite=accept_invite,
+                max_message_size=max_message_size,
             )
             await _log_in(client, ws, url, connect_timeout)
             async with trio.open_nursery() as nursery:

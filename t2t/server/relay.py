@@ -31,6 +31,7 @@ from t2t.crypto.keys import KeyPair
 from t2t.errors import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
+    CLOSE_MESSAGE_TOO_BIG,
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
     close_details,
@@ -268,6 +269,9 @@ class Relay:
                 conn.closing = True
                 code, conn.close_reason = close_details(exc.reason)
                 conn.close_code = CLOSE_NORMAL if code is None else code
+                if code == CLOSE_MESSAGE_TOO_BIG:
+                    # trio-websocket enforces max_message_size and closes by itself.
+                    self._log_rejection(conn.conn_id, code, conn.close_reason)
                 scope.cancel()
 
     async def _apply(self, conn: _Connection, actions: list[Send | Close | CheckPassword]) -> None:
@@ -324,15 +328,18 @@ class Relay:
         if conn is None:
             return
         if code != CLOSE_NORMAL:
-            self.rejected_frames[reason.split(":", 1)[0]] += 1
-            log.warning(
-                "rejected frame conn=%d user=%s code=%d reason=%r",
-                conn_id,
-                self.protocol.user_of(conn_id),
-                code,
-                reason,
-            )
+            self._log_rejection(conn_id, code, reason)
         conn.close(code, reason)
+
+    def _log_rejection(self, conn_id: int, code: int, reason: str) -> None:
+        self.rejected_frames[reason.split(":", 1)[0]] += 1
+        log.warning(
+            "rejected frame conn=%d user=%s code=%d reason=%r",
+            conn_id,
+            self.protocol.user_of(conn_id),
+            code,
+            reason,
+        )
 
     async def _write(self, conn: _Connection, scope: trio.CancelScope) -> None:
         async with conn.outbox_receive:
