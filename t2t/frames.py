@@ -107,13 +107,14 @@ class Invited(_Frame, tag="invited", frozen=True):
 class Error(_Frame, tag="error", frozen=True):
     """A request was refused; the connection stays open.
 
-    ``ref`` identifies the refused request: the message id for a group
-    message, otherwise the UTF-8 group id.
+    ``msg_id`` names a refused group message. It is empty for a refused
+    subscribe or invite, which ``group`` names instead.
     """
 
     code: str
     message: str
-    ref: bytes = b""
+    group: str = ""
+    msg_id: bytes = b""
 
 
 class Pong(_Frame, tag="pong", frozen=True):

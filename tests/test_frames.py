@@ -35,6 +35,7 @@ from t2t.frames import (
     Pong,
     Roster,
     Subscribe,
+    Unsubscribe,
     Subscribed,
     Welcome,
     decode_frame,
@@ -62,7 +63,7 @@ MSG_ID = b"m" * 16
 # Round trips ----------------------------------------------------------------
 
 names = st.text(
-    alphabet=st.characters(exclude_categories=("Cc", "Cs")), min_size=1, max_size=64
+    alphabet=st.characters(exclude_categories=("Cc", "Cs", "Cf", "Zs", "Zl", "Zp")), min_size=1, max_size=64
 ).filter(lambda name: not any(char.isspace() for char in name))
 blobs = st.binary(min_size=1, max_size=200)
 signatures = st.binary(min_size=64, max_size=64)
@@ -77,10 +78,11 @@ frames = st.one_of(
     st.builds(Ack, st.binary(min_size=16, max_size=16)),
     st.builds(Subscribed, names),
     st.builds(Invited, names, names),
-    st.builds(Error, st.text(), st.text(), st.binary()),
+    st.builds(Error, st.text(), st.text(), st.text(), st.binary()),
     st.builds(Pong, nonces),
     st.builds(Login, int64, blobs, signatures),
     st.builds(Subscribe, names),
+    st.builds(Unsubscribe, names),
     st.builds(Ping, nonces),
     st.builds(GroupMessage, names, names, st.binary(min_size=16, max_size=16), blobs),
     st.builds(Invite, names, names, names, blobs, signatures),
@@ -163,7 +165,7 @@ def test_unknown_tag_rejected(data: bytes):
         raw("subscribe", 7),
         raw("ack", "m" * 16),
         raw("error", 1, "message"),
-        raw("error", "code", "message", "ref"),
+        raw("error", "code", "message", "team", "not-bytes"),
         raw("msg", "team", "alice", MSG_ID, "box"),
         raw("invite", "team", "alice", "bob", b"key", "s" * 64),
         msgspec.msgpack.encode({"t": "ping", "nonce": 1}),
@@ -264,7 +266,7 @@ def test_empty_blob_rejected(data: bytes):
         raw("ping", 1, 2),
         raw("ack", MSG_ID, MSG_ID),
         raw("subscribe", "team", "extra"),
-        raw("error", "code", "message", b"ref", "extra"),
+        raw("error", "code", "message", "team", b"id", "extra"),
         raw("msg", "team", "alice", MSG_ID, b"box", b"extra"),
     ],
 )

@@ -8,11 +8,11 @@ blocking method runs the matching coroutine in that thread and waits for it.
 It has no protocol logic of its own.
 
 The trade-off: callbacks run in the trio thread, one at a time. While a
-callback runs, that connection reads no frames, answers no heartbeats and
+callback runs, that connection reads no frames, sends no heartbeat pings and
 delivers no other events, so a callback must return quickly. It must not call
 ``send()``, ``handshake()`` or ``stop()``, because those wait for the trio
-thread that the callback occupies. They raise :class:`RuntimeError` there;
-hand the work to another thread instead. Programs that can run trio should use
+thread that the callback occupies. They raise :class:`RuntimeError` there, so
+hand such work to another thread instead. Programs that can run trio should use
 :func:`~t2t.client.connect` directly.
 
 Example::
@@ -118,8 +118,8 @@ class ChatClient:
         unknown = sorted(set(options) - _CONNECT_OPTIONS)
         if unknown:
             raise TypeError(
-                f"ChatClient got unexpected keyword arguments {unknown}; "
-                f"the connect() options it passes through are {sorted(_CONNECT_OPTIONS)}"
+                f"ChatClient got unexpected keyword arguments {unknown}. "
+                f"The connect() options it passes through are {sorted(_CONNECT_OPTIONS)}"
             )
         self.id = id
         self.pwd = pwd
@@ -264,7 +264,7 @@ class ChatClient:
     def handshake(self, peer: str, group: str) -> None:
         """Invite ``peer`` into ``group``, creating the group if this client has no key for it.
 
-        Blocks until the relay has delivered the invite. See
+        Blocks until the relay confirms the invite. See
         :meth:`t2t.client.Client.invite` for the errors it raises.
         """
         client, portal = self._connection("handshake")
@@ -331,8 +331,8 @@ class ChatClient:
                 fn(event)
             except Exception:
                 log.exception("callback %r failed on %s", fn, type(event).__name__)
-        # Because the router handles every event, the client never raises
-        # ConflictError for a replaced session, so say so in the log instead.
+        # Because this router handles every event, the client never raises
+        # ConflictError for a replaced session, so this warning is its only trace.
         if isinstance(event, Conflict) and not handled:
             log.warning(
                 "relay reported a session conflict (%s): %s; register "

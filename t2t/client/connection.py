@@ -55,6 +55,8 @@ from t2t.events import (
     Disconnected,
     Event,
     InviteReceived,
+    MessageReceived,
+    MessageRejected,
     RosterChanged,
 )
 from t2t.frames import Name
@@ -72,6 +74,7 @@ from t2t.protocol.client import (
 log = logging.getLogger("t2t.client")
 
 DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024  # bytes, the relay's default limit
+MIN_INBOUND_MESSAGE_SIZE: Final = 4 * 1024 * 1024  # bytes; a roster of about 50,000 accounts
 DEFAULT_WINDOW: Final = 64  # unacknowledged group messages per client
 DEFAULT_EVENT_BUFFER: Final = 1024  # events queued for the application
 ROSTER_GRACE: Final = 1.0  # seconds invite() waits for an unknown peer to appear in the roster
@@ -127,6 +130,8 @@ class Client:
         )
         self._events_wanted = False
         self._roster_updated = trio.Event()
+        self._undecided: set[str] = set()  # groups whose invite awaits the decision callback
+        self._ping_nonce = 0
         self._disconnected: Disconnected | None = None
         self._last_pong = trio.current_time()
         self._nonces = itertools.count(1)
@@ -202,9 +207,15 @@ class Client:
         if group not in self._protocol.group_keys:
             _validate_name(group, "group")
             self._protocol.create_group(group)
+            try:
+                await self._request(("subscribe", group), self._protocol.subscribe(group))
+            except BaseException:
+                # The relay did not create the group (for example another user
+                # owns that id), so the new key is useless: forget it.
+                self._protocol.group_keys.pop(group, None)
+                raise
             save_group_keys(self._group_keys_file, self._protocol.group_keys)
             log.info("created group %s", group)
-            await self._request(("subscribe", group), self._protocol.subscribe(group))
         await self._request(("invite", group, peer), self._protocol.invite(peer, group))
 
     def on(self, event_type: type[_E], callback: Callable[[_E], Awaitable[None] | None]) -> None:
@@ -246,22 +257,33 @@ class Client:
             for output in self._protocol.receive(data):
                 if isinstance(output, Outgoing):
                     await self._ws.send_message(output.data)
+                else:
+                    self._handle(output)  # frames held until the first roster
 
     async def _subscribe_known_groups(self) -> None:
         """Resubscribe to every group in the key file. Needs the reader running."""
         for group in self.groups:
             try:
                 await self._request(("subscribe", group), self._protocol.subscribe(group))
-            except SendError as exc:
+            except (SendError, TimeoutError) as exc:
                 log.warning("cannot subscribe to group %s: %s", group, exc)
 
     async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._cancel = nursery.cancel_scope
-            nursery.start_soon(self._read)
-            nursery.start_soon(self._dispatch)
-            nursery.start_soon(self._heartbeat)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel = nursery.cancel_scope
+                nursery.start_soon(self._read)
+                nursery.start_soon(self._dispatch)
+                nursery.start_soon(self._heartbeat)
+                task_status.started()
+        finally:
+            # A local failure (slow application) stops the tasks first; tell
+            # the relay too instead of leaving the socket open.
+            if self._disconnected is not None and self._ws.closed is None:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await self._ws.aclose(
+                        self._disconnected.code or CLOSE_NORMAL, self._disconnected.reason
+                    )
 
     async def _read(self) -> None:
         try:
@@ -283,9 +305,10 @@ class Client:
             case Reply(key, error):
                 self._resolve(key, error)
             case InviteOffer():
-                self._queue_event(output)
-            case PongReceived():
-                self._last_pong = trio.current_time()
+                self._on_invite_offer(output)
+            case PongReceived(nonce):
+                if nonce == self._ping_nonce:
+                    self._last_pong = trio.current_time()
             case Outgoing(data):
                 raise AssertionError(f"unexpected outbound frame after login: {data!r}")
             case Conflict():
@@ -301,6 +324,28 @@ class Client:
                 self._queue_event(output)
             case Event():
                 self._queue_event(output)  # type: ignore[arg-type]
+
+    def _on_invite_offer(self, offer: InviteOffer) -> None:
+        keys = self._protocol.group_keys
+        held = keys.get(offer.group)
+        if held is not None and held != offer.group_key:
+            # Any member can invite any other member, so without this check
+            # one member could swap another's key for a group they share.
+            self._queue_event(
+                MessageRejected(
+                    offer.group,
+                    offer.inviter,
+                    "invite carries a different key for a group this client already holds",
+                )
+            )
+            return
+        if held is None:
+            # Use the key at once, before the dispatch task asks the decision
+            # callback, so messages that follow the invite can be opened. A
+            # declined invite removes it again.
+            keys[offer.group] = offer.group_key
+            self._undecided.add(offer.group)
+        self._queue_event(offer)
 
     def _resolve(self, key: RequestKey, error: SendError | None) -> None:
         if key[0] == "group-error":
@@ -356,6 +401,11 @@ class Client:
                 event: ClientEvent
                 if isinstance(item, InviteOffer):
                     event = await self._decide_invite(item)
+                elif (
+                    isinstance(item, MessageReceived)
+                    and item.group not in self._protocol.group_keys
+                ):
+                    continue  # opened while its invite was pending, then declined
                 else:
                     event = item
                 await self._run_callbacks(event)
@@ -377,6 +427,9 @@ class Client:
         return True
 
     async def _decide_invite(self, offer: InviteOffer) -> InviteReceived:
+        if offer.group not in self._undecided:
+            # Re-invited into a group whose key we already hold: nothing to decide.
+            return InviteReceived(offer.group, offer.inviter, True)
         accepted = True
         if self.accept_invite is not None:
             try:
@@ -387,11 +440,13 @@ class Client:
                     "invite decision callback failed; declining invite to %s", offer.group
                 )
                 accepted = False
-        # The relay subscribed this session when it forwarded the invite.
+        # The relay subscribed this session when it forwarded the invite, and
+        # the reader installed the key, so only a decline has work to do.
+        self._undecided.discard(offer.group)
         if accepted:
-            self._protocol.group_keys[offer.group] = offer.group_key
             save_group_keys(self._group_keys_file, self._protocol.group_keys)
-        elif offer.group not in self._protocol.group_keys:
+        else:
+            self._protocol.group_keys.pop(offer.group, None)
             with contextlib.suppress(ConnectionClosed):
                 await self._ws.send_message(self._protocol.unsubscribe(offer.group))
         log.info(
@@ -418,8 +473,9 @@ class Client:
         while True:
             await trio.sleep(self._heartbeat_interval)
             sent_at = trio.current_time()
+            self._ping_nonce = next(self._nonces)
             try:
-                await self._ws.send_message(self._protocol.ping(next(self._nonces)))
+                await self._ws.send_message(self._protocol.ping(self._ping_nonce))
             except ConnectionClosed:
                 return
             await trio.sleep(self._heartbeat_timeout)
@@ -541,7 +597,9 @@ async def connect(
         async with open_websocket_url(
             url,
             ssl_context=ssl_context,
-            max_message_size=max_message_size,
+            # Rosters list every account and can outgrow the relay's limit on
+            # client messages, so accept larger messages from the relay.
+            max_message_size=max(max_message_size, MIN_INBOUND_MESSAGE_SIZE),
             connect_timeout=connect_timeout,
             disconnect_timeout=2.0,
         ) as ws:
@@ -581,7 +639,7 @@ async def _log_in(client: Client, ws: WebSocketConnection, url: str, timeout: fl
     try:
         with trio.fail_after(timeout):
             await client._handshake()
-    except TimeoutError:
+    except trio.TooSlowError:
         raise TimeoutError(f"login to {url} did not finish within {timeout:g} s") from None
     except (CertificateError, ProtocolError) as exc:
         code = exc.code if isinstance(exc, ProtocolError) else CLOSE_POLICY_VIOLATION

@@ -78,6 +78,7 @@ log = logging.getLogger("t2t.client")
 _F = TypeVar("_F")
 
 SEEN_MESSAGE_IDS: Final = 10_000  # message ids remembered to reject replays
+MAX_EARLY_FRAMES: Final = 1_000  # frames held while waiting for the first roster
 
 
 class ClientState(enum.Enum):
@@ -162,6 +163,7 @@ class ClientProtocol:
         self._challenge = b""
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self.conflict: Conflict | None = None
+        self._early: list[Frame] = []
 
     # Inbound -----------------------------------------------------------------
 
@@ -184,7 +186,23 @@ class ClientProtocol:
             case ClientState.AWAITING_ROSTER:
                 if isinstance(frame, Notice):
                     return self._on_notice(frame)
-                return self._on_roster(self._expect(frame, Roster))
+                if not isinstance(frame, Roster):
+                    # The relay routes to us from the welcome on, so an invite
+                    # or message may arrive before the first roster. Keep it
+                    # until the roster that is needed to verify it.
+                    if len(self._early) >= MAX_EARLY_FRAMES:
+                        raise ProtocolError(
+                            CLOSE_POLICY_VIOLATION,
+                            f"more than {MAX_EARLY_FRAMES} frames before the first roster",
+                        )
+                    self._early.append(frame)
+                    return []
+                outputs = self._on_roster(frame)
+                if self.roster:  # the roster verified, so the state is now ACTIVE
+                    early, self._early = self._early, []
+                    for held in early:
+                        outputs.extend(self._on_active(held))
+                return outputs
             case ClientState.ACTIVE:
                 return self._on_active(frame)
             case ClientState.CLOSED:
@@ -285,7 +303,8 @@ class ClientProtocol:
             case Pong(nonce):
                 return [PongReceived(nonce)]
         raise ProtocolError(
-            CLOSE_POLICY_VIOLATION, f"frame {type(frame).__name__} is not sent by a relay"
+            CLOSE_POLICY_VIOLATION,
+            f"frame {type(frame).__name__} is not expected in state {self.state.value}",
         )
 
     def _open_message(self, frame: GroupMessage) -> MessageReceived | MessageRejected:
@@ -324,15 +343,11 @@ class ClientProtocol:
 
     def _on_error(self, frame: Error) -> Reply | MessageRejected:
         error = SendError(frame.code, frame.message)
-        if len(frame.ref) == 16:
-            return Reply(message_key(frame.ref), error)
-        try:
-            group = frame.ref.decode()
-        except UnicodeDecodeError:
-            group = ""
-        # Invite errors carry the group; the shell matches any pending invite
-        # or subscribe for it.
-        return Reply(("group-error", group), error)
+        if frame.msg_id:
+            return Reply(message_key(frame.msg_id), error)
+        # Subscribe and invite errors name only the group; the shell matches
+        # the oldest pending invite or subscribe for it.
+        return Reply(("group-error", frame.group), error)
 
     @property
     def _relay_key(self) -> bytes:

@@ -344,9 +344,7 @@ class RelayProtocol:
         try:
             created = self.router.subscribe(frame.group, user, session.conn_id)
         except RoutingError as exc:
-            return [
-                Send(session.conn_id, encode(Error(exc.code, exc.message, frame.group.encode())))
-            ]
+            return [Send(session.conn_id, encode(Error(exc.code, exc.message, frame.group)))]
         if created:
             self._store.create_group(frame.group, user)
             log.info("created group group=%s creator=%s", frame.group, user)
@@ -359,7 +357,11 @@ class RelayProtocol:
         try:
             recipients = self.router.recipients(frame.group, frame.sender)
         except RoutingError as exc:
-            return [Send(session.conn_id, encode(Error(exc.code, exc.message, frame.msg_id)))]
+            return [
+                Send(
+                    session.conn_id, encode(Error(exc.code, exc.message, frame.group, frame.msg_id))
+                )
+            ]
         # Forward the received bytes unchanged: the relay neither re-encodes
         # nor decrypts, and cannot alter what the sender signed.
         actions: list[Action] = [Send(conn, data) for conn in recipients]
@@ -368,20 +370,19 @@ class RelayProtocol:
 
     def _on_invite(self, session: _Session, frame: Invite, data: bytes) -> list[Action]:
         self._check_sender(session, frame.inviter, "inviter")
-        ref = frame.group.encode()
         target_conn = self._online.get(frame.target)
         error: Error | None = None
         if frame.target not in self._accounts:
-            error = Error("unknown-user", f"user {frame.target!r} does not exist", ref)
+            error = Error("unknown-user", f"user {frame.target!r} does not exist", frame.group)
         elif frame.target == frame.inviter:
-            error = Error("invalid-target", "you cannot invite yourself", ref)
+            error = Error("invalid-target", "you cannot invite yourself", frame.group)
         elif target_conn is None:
-            error = Error("offline-target", f"user {frame.target!r} is not online", ref)
+            error = Error("offline-target", f"user {frame.target!r} is not online", frame.group)
         else:
             try:
                 added = self.router.add_member(frame.group, frame.inviter, frame.target)
             except RoutingError as exc:
-                error = Error(exc.code, exc.message, ref)
+                error = Error(exc.code, exc.message, frame.group)
             else:
                 if added:
                     self._store.add_member(frame.group, frame.target, frame.inviter)
