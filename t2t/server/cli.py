@@ -94,7 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--queue-size",
         type=int,
         default=defaults.queue_size,
-        help="outbound frames queued per connection before the peer is dropped as a slow consumer",
+        help="outbound frames queued per connection; a sender waits while a recipient's is full",
+    )
+    limits.add_argument(
+        "--send-timeout",
+        type=float,
+        default=defaults.send_timeout,
+        help="seconds a connection's queue may stay full before it is dropped as a slow consumer",
     )
     limits.add_argument(
         "--idle-timeout",
@@ -199,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             max_message_size=args.max_message_size,
             queue_size=args.queue_size,
+            send_timeout=args.send_timeout,
             idle_timeout=args.idle_timeout,
             login_timeout=args.login_timeout,
             roster_debounce=args.roster_debounce,

@@ -51,7 +51,8 @@ class RelayConfig:
     host: str = "127.0.0.1"
     port: int = 8765  # 0 picks a free port; see Relay.port
     max_message_size: int = 64 * KIB  # larger inbound messages close with 1009
-    queue_size: int = 256  # outbound frames per connection before it counts as slow
+    queue_size: int = 256  # outbound frames queued per connection
+    send_timeout: float = 10.0  # a queue full for this long drops its connection as slow
     idle_timeout: float = 60.0  # close a connection that sends nothing for this long
     login_timeout: float = 10.0  # close a connection that has not logged in by then
     close_timeout: float = 2.0  # how long a closing handshake may take
@@ -61,7 +62,7 @@ class RelayConfig:
     ssl_context: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
-        for name in ("idle_timeout", "login_timeout", "close_timeout"):
+        for name in ("idle_timeout", "login_timeout", "close_timeout", "send_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.roster_debounce < 0:
@@ -280,7 +281,7 @@ class Relay:
             action = pending.pop(0)
             match action:
                 case Send(conn_id, data):
-                    self._send(conn_id, data)
+                    await self._send(conn_id, data)
                 case Close(conn_id, code, reason):
                     self._close(conn_id, code, reason)
                 case CheckPassword():
@@ -305,23 +306,37 @@ class Relay:
             action.conn_id, ok=ok, new_hash=None, password=password
         )
 
-    def _send(self, conn_id: int, data: bytes) -> None:
+    async def _send(self, conn_id: int, data: bytes) -> None:
+        """Queue ``data`` for a connection, waiting while its queue is full.
+
+        Waiting here stalls the task that produced the frame (usually the
+        sender's reader), which stops reading from the sender: that is the
+        backpressure a fast sender feels. A queue that stays full for
+        ``send_timeout`` seconds belongs to a peer that is not reading, so
+        that peer is dropped and memory stays bounded.
+        """
         conn = self._connections.get(conn_id)
-        if conn is None:
+        if conn is None or conn.enqueue(data):
             return
-        if not conn.enqueue(data):
-            # A peer that cannot drain its queue would make the relay buffer
-            # without limit; drop it so memory stays bounded per connection.
-            log.warning(
-                "dropping slow consumer conn=%d user=%s queued_frames=%d",
-                conn_id,
-                self.protocol.user_of(conn_id),
-                self.config.queue_size,
-            )
-            self.rejected_frames["slow consumer"] += 1
-            conn.abort(
-                CLOSE_POLICY_VIOLATION, f"slow consumer: {self.config.queue_size} frames queued"
-            )
+        with trio.move_on_after(self.config.send_timeout):
+            try:
+                await conn.outbox_send.send(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the connection closed while we waited
+            return
+        log.warning(
+            "dropping slow consumer conn=%d user=%s queued_frames=%d send_timeout=%gs",
+            conn_id,
+            self.protocol.user_of(conn_id),
+            self.config.queue_size,
+            self.config.send_timeout,
+        )
+        self.rejected_frames["slow consumer"] += 1
+        conn.abort(
+            CLOSE_POLICY_VIOLATION,
+            f"slow consumer: {self.config.queue_size} frames queued "
+            f"for {self.config.send_timeout:g} s",
+        )
 
     def _close(self, conn_id: int, code: int, reason: str) -> None:
         conn = self._connections.get(conn_id)
@@ -387,7 +402,7 @@ class Relay:
             if frame is None:
                 continue
             for conn_id in self.protocol.active_connections():
-                self._send(conn_id, frame)
+                await self._send(conn_id, frame)
 
 
 def _format_host(host: str) -> str:
