@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         choices=["raw", "client", "both"],
         default="both",
-        help="raw frames against both relays, the full client against t2t, or both (default: %(default)s)",
+        help=(
+            "raw frames against both relays, the full client against t2t, "
+            "or both (default: %(default)s)"
+        ),
     )
     _add_common(fan)
     return parser

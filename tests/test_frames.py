@@ -35,8 +35,8 @@ from t2t.frames import (
     Pong,
     Roster,
     Subscribe,
-    Unsubscribe,
     Subscribed,
+    Unsubscribe,
     Welcome,
     decode_frame,
     encode,
@@ -63,7 +63,9 @@ MSG_ID = b"m" * 16
 # Round trips ----------------------------------------------------------------
 
 names = st.text(
-    alphabet=st.characters(exclude_categories=("Cc", "Cs", "Cf", "Zs", "Zl", "Zp")), min_size=1, max_size=64
+    alphabet=st.characters(exclude_categories=("Cc", "Cs", "Cf", "Zs", "Zl", "Zp")),
+    min_size=1,
+    max_size=64,
 ).filter(lambda name: not any(char.isspace() for char in name))
 blobs = st.binary(min_size=1, max_size=200)
 signatures = st.binary(min_size=64, max_size=64)

@@ -44,7 +44,7 @@ async def serve(host: str, port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.reference",
-        description="Bare trio-websocket relay that forwards every message to all other connections.",
+        description="Bare trio-websocket relay: forwards every message to all other connections.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, required=True, help="TCP port to listen on")

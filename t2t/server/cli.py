@@ -228,9 +228,27 @@ def main(argv: list[str] | None = None) -> int:
     relay = Relay(config, credentials.key, credentials.certificate, store)
     try:
         trio.run(_run, relay)
-    except OSError as exc:
-        log.error("cannot listen on %s port %d: %s", args.host, args.port, exc)
+    except (OSError, BaseExceptionGroup) as exc:
+        # Binding happens inside nurseries, which wrap the OSError in groups.
+        error = _only_os_error(exc)
+        if error is None:
+            raise
+        log.error("cannot listen on %s port %d: %s", args.host, args.port, error)
         return EXIT_SETUP_ERROR
     finally:
         store.close()
     return 0
+
+
+def _only_os_error(exc: BaseException) -> OSError | None:
+    """Return the OSError if ``exc`` is one, or a group holding nothing else."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        errors, rest = exc.split(OSError)
+        if errors is not None and rest is None:
+            leaf: BaseException = errors
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            return leaf if isinstance(leaf, OSError) else None
+    return None

@@ -17,6 +17,7 @@ Cancelling :meth:`serve` closes every connection with 1001.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import ssl
@@ -237,26 +238,33 @@ class Relay:
             # A bug triggered by one connection must not take down the relay's
             # nursery and every other connection with it, so log and close.
             log.exception("connection failed conn=%d", conn.conn_id)
+            conn.closing = True
             conn.close_code, conn.close_reason = CLOSE_INTERNAL_ERROR, "internal error"
-        finally:
-            if self._shutting_down_now() and not conn.closing:
+        except BaseException:
+            # Cancelled from outside the connection: the relay is stopping.
+            if not conn.closing:
+                conn.closing = True
                 conn.close_code, conn.close_reason = CLOSE_GOING_AWAY, "relay shutting down"
+            raise
+        finally:
             user = self.protocol.user_of(conn.conn_id)
             self.protocol.disconnect(conn.conn_id)
+            if self.protocol.roster_dirty:
+                self._roster_changed.set()
+            # Finish the closing handshake before reporting the connection
+            # gone: a shutdown waits for that report and then cancels the
+            # tasks that would read the peer's reply.
+            with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
+                await ws.aclose(conn.close_code, conn.close_reason)
             del self._connections[conn.conn_id]
             if not self._connections:
                 self._all_closed.set()
-            if self.protocol.roster_dirty:
-                self._roster_changed.set()
-            with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
-                await ws.aclose(conn.close_code, conn.close_reason)
-            closed = ws.closed
             log.info(
                 "connection closed conn=%d user=%s code=%s reason=%r",
                 conn.conn_id,
                 user,
-                closed.code if closed is not None else conn.close_code,
-                closed.reason if closed is not None else conn.close_reason,
+                conn.close_code,
+                conn.close_reason,
             )
 
     async def _read(self, conn: _Connection, scope: trio.CancelScope) -> None:
@@ -319,10 +327,9 @@ class Relay:
         if conn is None or conn.enqueue(data):
             return
         with trio.move_on_after(self.config.send_timeout):
-            try:
+            # Broken or closed: the connection closed while we waited.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await conn.outbox_send.send(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the connection closed while we waited
             return
         log.warning(
             "dropping slow consumer conn=%d user=%s queued_frames=%d send_timeout=%gs",
@@ -364,7 +371,11 @@ class Relay:
                 assert isinstance(item, bytes)
                 try:
                     await conn.ws.send_message(item)
-                except ConnectionClosed:
+                except ConnectionClosed as exc:
+                    if not conn.closing:
+                        conn.closing = True
+                        code, conn.close_reason = close_details(exc.reason)
+                        conn.close_code = CLOSE_NORMAL if code is None else code
                     break
         scope.cancel()
 
