@@ -112,6 +112,11 @@ async def run_relay(
             ca_file = None
         else:
             raise ValueError(f"unknown relay kind {kind!r}; use 't2t' or 'reference'")
+        # BENCH_PROFILE=FILE runs the relay under cProfile, which writes FILE
+        # when the relay exits after SIGTERM (read it with pstats).
+        profile = os.environ.get("BENCH_PROFILE")
+        if profile:
+            command[1:1] = ["-m", "cProfile", "-o", f"{profile}.{kind}"]
         stderr = (data_dir / "relay.log").open("wb")
         process = await trio.lowlevel.open_process(command, stderr=stderr, cwd=Path.cwd())
         try:

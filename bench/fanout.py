@@ -136,7 +136,7 @@ async def run_raw(kind: str, params: FanoutParams, progress: Progress) -> dict[s
     )
 
     async with (
-        run_relay(kind, extra_args=relay_args, log_level="INFO") as relay,
+        run_relay(kind, extra_args=relay_args) as relay,
         trio.open_nursery() as nursery,
     ):
         with tempfile.TemporaryDirectory() as state:

@@ -38,6 +38,7 @@ from t2t.errors import (
     close_details,
 )
 from t2t.protocol.relay import CheckPassword, Close, ConnState, RelayProtocol, RelayStore, Send
+from t2t.server.framing import RawWriter, frame_binary, raw_writer_for
 from t2t.server.passwords import HashCost, hash_password, verify_password
 
 log = logging.getLogger("t2t.relay")
@@ -81,6 +82,7 @@ class RelayConfig:
 
 
 _CLOSE_NOW: Final = object()  # writer sentinel: flush what came before, then close
+MAX_WRITE_BATCH: Final = 256 * KIB  # bytes the writer joins into one socket write
 
 
 class _Connection:
@@ -95,13 +97,24 @@ class _Connection:
         self.close_reason = ""
         self.closing = False
         self.last_received = trio.current_time()
+        self.raw = raw_writer_for(ws)
 
-    def enqueue(self, data: bytes) -> bool:
+    def item_for(self, data: bytes, wire: bytes | None = None) -> bytes:
+        """Return what the writer expects: framed bytes on the fast path, else the payload.
+
+        Pass ``wire``, the result of ``frame_binary(data)``, to reuse one
+        framing for every recipient of the same payload.
+        """
+        if self.raw is None:
+            return data
+        return wire if wire is not None else frame_binary(data)
+
+    def enqueue(self, data: bytes, wire: bytes | None = None) -> bool:
         """Queue a frame for the writer. Returns False if the queue is full."""
         if self.closing:
             return True
         try:
-            self.outbox_send.send_nowait(data)
+            self.outbox_send.send_nowait(self.item_for(data, wire))
         except trio.WouldBlock:
             return False
         return True
@@ -285,11 +298,15 @@ class Relay:
 
     async def _apply(self, conn: _Connection, actions: list[Send | Close | CheckPassword]) -> None:
         pending = list(actions)
+        last_data, last_wire = b"", b""
         while pending:
             action = pending.pop(0)
             match action:
                 case Send(conn_id, data):
-                    await self._send(conn_id, data)
+                    # A fanout is a run of sends of one payload: frame it once.
+                    if data is not last_data:
+                        last_data, last_wire = data, frame_binary(data)
+                    await self._send(conn_id, data, last_wire)
                 case Close(conn_id, code, reason):
                     self._close(conn_id, code, reason)
                 case CheckPassword():
@@ -314,7 +331,7 @@ class Relay:
             action.conn_id, ok=ok, new_hash=None, password=password
         )
 
-    async def _send(self, conn_id: int, data: bytes) -> None:
+    async def _send(self, conn_id: int, data: bytes, wire: bytes | None = None) -> None:
         """Queue ``data`` for a connection, waiting while its queue is full.
 
         Waiting here stalls the task that produced the frame (usually the
@@ -324,12 +341,12 @@ class Relay:
         that peer is dropped and memory stays bounded.
         """
         conn = self._connections.get(conn_id)
-        if conn is None or conn.enqueue(data):
+        if conn is None or conn.enqueue(data, wire):
             return
         with trio.move_on_after(self.config.send_timeout):
             # Broken or closed: the connection closed while we waited.
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await conn.outbox_send.send(data)
+                await conn.outbox_send.send(conn.item_for(data, wire))
             return
         log.warning(
             "dropping slow consumer conn=%d user=%s queued_frames=%d send_timeout=%gs",
@@ -364,20 +381,50 @@ class Relay:
         )
 
     async def _write(self, conn: _Connection, scope: trio.CancelScope) -> None:
-        async with conn.outbox_receive:
-            async for item in conn.outbox_receive:
-                if item is _CLOSE_NOW:
-                    break
-                assert isinstance(item, bytes)
-                try:
-                    await conn.ws.send_message(item)
-                except ConnectionClosed as exc:
-                    if not conn.closing:
-                        conn.closing = True
-                        code, conn.close_reason = close_details(exc.reason)
-                        conn.close_code = CLOSE_NORMAL if code is None else code
-                    break
+        try:
+            async with conn.outbox_receive:
+                if conn.raw is None:
+                    await self._write_messages(conn)
+                else:
+                    await self._write_batches(conn, conn.raw)
+        except ConnectionClosed as exc:
+            if not conn.closing:
+                conn.closing = True
+                code, conn.close_reason = close_details(exc.reason)
+                conn.close_code = CLOSE_NORMAL if code is None else code
         scope.cancel()
+
+    @staticmethod
+    async def _write_messages(conn: _Connection) -> None:
+        async for item in conn.outbox_receive:
+            if item is _CLOSE_NOW:
+                return
+            assert isinstance(item, bytes)
+            await conn.ws.send_message(item)
+
+    @staticmethod
+    async def _write_batches(conn: _Connection, raw: RawWriter) -> None:
+        # Everything already queued goes out in one write: under load this
+        # turns one system call per frame into one per batch.
+        receive = conn.outbox_receive
+        while True:
+            item = await receive.receive()
+            batch: list[bytes] = []
+            size = 0
+            while item is not _CLOSE_NOW:
+                assert isinstance(item, bytes)
+                batch.append(item)
+                size += len(item)
+                if size >= MAX_WRITE_BATCH:
+                    break
+                try:
+                    item = receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+            if batch:
+                await raw.write(b"".join(batch))
+            if item is _CLOSE_NOW:
+                return
 
     async def _heartbeat(self, conn: _Connection) -> None:
         config = self.config
@@ -412,8 +459,9 @@ class Relay:
             frame = self.protocol.publish_roster()
             if frame is None:
                 continue
+            wire = frame_binary(frame)
             for conn_id in self.protocol.active_connections():
-                await self._send(conn_id, frame)
+                await self._send(conn_id, frame, wire)
 
 
 def _format_host(host: str) -> str:
