@@ -21,6 +21,7 @@ from __future__ import annotations
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,15 +85,26 @@ class _Tally:
         self.advance()
 
 
-async def _pace(params: FanoutParams, sender: int, send_one: Any, tally: _Tally) -> None:
-    """Send one sender's messages, blast or paced, and record each send time."""
+async def _pace(
+    params: FanoutParams, sender: int, send_one: Any, tally: _Tally, *, pipelined: bool
+) -> None:
+    """Send one sender's messages, blast or paced, and record each send time.
+
+    With ``pipelined``, each send runs in its own task, because the t2t
+    client's ``send`` returns only when the relay acknowledges; the client's
+    window then bounds how many are in flight, as it does for applications.
+    """
     interval = None if params.rate is None else params.senders / params.rate
     start = trio.current_time()
-    for sequence in range(params.messages):
-        if interval is not None:
-            await trio.sleep_until(start + sequence * interval)
-        tally.sent[(sender, sequence)] = trio.current_time()
-        await send_one(sequence)
+    async with trio.open_nursery() as nursery:
+        for sequence in range(params.messages):
+            if interval is not None:
+                await trio.sleep_until(start + sequence * interval)
+            tally.sent[(sender, sequence)] = trio.current_time()
+            if pipelined:
+                nursery.start_soon(send_one, sequence)
+            else:
+                await send_one(sequence)
     tally.last_send = max(tally.last_send, trio.current_time())
 
 
@@ -180,7 +192,7 @@ async def run_raw(kind: str, params: FanoutParams, progress: Progress) -> dict[s
                         )
                         await client.send(frame)
 
-                    senders.start_soon(_pace, params, sender, send_one, tally)
+                    senders.start_soon(partial(_pace, pipelined=False), params, sender, send_one, tally)
             await _await_deliveries(tally)
             metrics = _metrics(params, tally, relay, cpu_before)
             nursery.cancel_scope.cancel()
@@ -232,7 +244,7 @@ async def run_client(params: FanoutParams, progress: Progress) -> dict[str, Any]
                         text = prefix + "x" * max(0, params.body_size - len(prefix))
                         await members[sender].send(GROUP, text)
 
-                    senders.start_soon(_pace, params, sender, send_one, tally)
+                    senders.start_soon(partial(_pace, pipelined=True), params, sender, send_one, tally)
             await _await_deliveries(tally)
             metrics = _metrics(params, tally, relay, cpu_before)
             nursery.cancel_scope.cancel()

@@ -206,6 +206,7 @@ class LoginBody(_Body, frozen=True):
     password: Annotated[str, Meta(min_length=1, max_length=1024)]
     sign_key: PublicKey
     box_key: PublicKey
+    resume_token: Annotated[bytes, Meta(max_length=64)] = b""  # from an earlier welcome
 
     def __repr__(self) -> str:
         # Keep the password out of logs and tracebacks.
@@ -218,6 +219,8 @@ class WelcomeBody(_Body, frozen=True):
     challenge: Challenge
     user: Name
     roster_version: Annotated[int, Meta(ge=0)]
+    resume_token: Annotated[bytes, Meta(max_length=64)] = b""  # empty when disabled
+    resume_expires: int = 0  # Unix time in seconds
 
 
 class RosterEntry(_Body, frozen=True):

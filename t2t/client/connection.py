@@ -33,9 +33,12 @@ from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 from t2t.client.state import (
     GROUP_KEYS_FILE,
     IDENTITY_FILE,
+    RESUME_FILE,
     load_group_keys,
     load_or_create_identity,
+    load_resume_tokens,
     save_group_keys,
+    save_resume_tokens,
 )
 from t2t.crypto.keys import load_public_identity
 from t2t.errors import (
@@ -583,6 +586,7 @@ async def connect(
     folder = Path(state_dir) if state_dir is not None else Path(f"t2t-{user}")
     identity = load_or_create_identity(Path(key_file) if key_file else folder / IDENTITY_FILE)
     keys_path = Path(group_keys_file) if group_keys_file else folder / GROUP_KEYS_FILE
+    resume_path = folder / RESUME_FILE
     protocol = ClientProtocol(
         user=user,
         password=password,
@@ -590,6 +594,7 @@ async def connect(
         ca_key=_load_ca_key(Path(ca)),
         relay_name=relay_name if relay_name is not None else host,
         group_keys=load_group_keys(keys_path),
+        resume_tokens=load_resume_tokens(resume_path),
     )
 
     connected = False
@@ -617,6 +622,10 @@ async def connect(
                 max_message_size=max_message_size,
             )
             await _log_in(client, ws, url, connect_timeout)
+            try:
+                save_resume_tokens(resume_path, protocol.resume_tokens)
+            except OSError as exc:
+                log.warning("cannot save resume token to %s: %s", resume_path, exc)
             async with trio.open_nursery() as nursery:
                 await nursery.start(client._run)
                 await client._subscribe_known_groups()

@@ -16,9 +16,11 @@ from typing import Final
 from t2t.crypto.group import GROUP_KEY_SIZE
 from t2t.crypto.keys import KeyPair, load_key_pair, save_key_pair, write_file_atomic
 from t2t.errors import KeyFileError
+from t2t.protocol.client import ResumeToken
 
 IDENTITY_FILE: Final = "identity.key"
 GROUP_KEYS_FILE: Final = "group_keys.json"
+RESUME_FILE: Final = "resume.json"
 
 
 def load_or_create_identity(path: Path) -> KeyPair:
@@ -64,3 +66,35 @@ def load_group_keys(path: Path) -> dict[str, bytes]:
 def save_group_keys(path: Path, keys: dict[str, bytes]) -> None:
     encoded = {group: base64.b64encode(key).decode("ascii") for group, key in sorted(keys.items())}
     write_file_atomic(path, json.dumps(encoded, indent=2, ensure_ascii=False) + "\n", private=True)
+
+
+def load_resume_tokens(path: Path) -> dict[bytes, ResumeToken]:
+    """Read saved resume tokens by relay key; a missing or unreadable file means none.
+
+    Tokens only save a password hash on the relay, so a damaged file is
+    ignored (with the password used instead) rather than treated as an error.
+    """
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return {
+            bytes.fromhex(relay): ResumeToken(
+                base64.b64decode(entry["token"]),
+                int(entry["expires"]),
+                base64.b64decode(entry["password_check"]),
+            )
+            for relay, entry in raw.items()
+        }
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, binascii.Error):
+        return {}
+
+
+def save_resume_tokens(path: Path, tokens: dict[bytes, ResumeToken]) -> None:
+    encoded = {
+        relay.hex(): {
+            "token": base64.b64encode(saved.token).decode("ascii"),
+            "expires": saved.expires,
+            "password_check": base64.b64encode(saved.password_check).decode("ascii"),
+        }
+        for relay, saved in tokens.items()
+    }
+    write_file_atomic(path, json.dumps(encoded, indent=2) + "\n", private=True)

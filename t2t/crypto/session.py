@@ -53,7 +53,12 @@ _Body = TypeVar("_Body")
 
 
 def seal_login(
-    identity: KeyPair, relay: PublicIdentity, challenge: bytes, user: str, password: str
+    identity: KeyPair,
+    relay: PublicIdentity,
+    challenge: bytes,
+    user: str,
+    password: str,
+    resume_token: bytes = b"",
 ) -> Login:
     """Build the login frame for ``user``, answering ``challenge``."""
     body = LoginBody(
@@ -61,6 +66,7 @@ def seal_login(
         password=password,
         sign_key=identity.public.sign_key,
         box_key=identity.public.box_key,
+        resume_token=resume_token,
     )
     sealed = nacl.public.SealedBox(nacl.public.PublicKey(relay.box_key)).encrypt(encode(body))
     return Login(PROTOCOL_VERSION, sealed, identity.sign(_LOGIN_DOMAIN + challenge + sealed))

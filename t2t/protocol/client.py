@@ -19,8 +19,12 @@ What it defends against:
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import logging
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
@@ -76,6 +80,34 @@ from t2t.frames import (
 log = logging.getLogger("t2t.client")
 
 _F = TypeVar("_F")
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeToken:
+    """A relay-issued resume token as the client stores it.
+
+    ``password_check`` is HMAC-SHA256 of the password under the token. The
+    client sends the token only when the password it was given still matches,
+    so a login with a wrong password is rejected as before instead of being
+    let in by a saved token.
+    """
+
+    token: bytes
+    expires: int  # Unix time in seconds
+    password_check: bytes
+
+    @classmethod
+    def issued(cls, token: bytes, expires: int, password: str) -> ResumeToken:
+        return cls(token, expires, _password_check(token, password))
+
+    def usable(self, password: str, now: float) -> bool:
+        check = _password_check(self.token, password)
+        return now < self.expires and hmac.compare_digest(check, self.password_check)
+
+
+def _password_check(token: bytes, password: str) -> bytes:
+    return hmac.new(token, password.encode("utf-8"), hashlib.sha256).digest()
+
 
 SEEN_MESSAGE_IDS: Final = 10_000  # message ids remembered to reject replays
 MAX_EARLY_FRAMES: Final = 1_000  # frames held while waiting for the first roster
@@ -138,6 +170,8 @@ class ClientProtocol:
         ca_key: The trusted CA's Ed25519 public key.
         relay_name: The name the relay certificate must carry.
         group_keys: Known group keys by group id; updated in place by invites.
+        resume_tokens: Resume tokens by relay signing key; the welcome's new
+            token replaces the one used, in place.
     """
 
     def __init__(
@@ -149,6 +183,8 @@ class ClientProtocol:
         ca_key: bytes,
         relay_name: str,
         group_keys: dict[str, bytes],
+        resume_tokens: dict[bytes, ResumeToken] | None = None,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self.user = user
         self._password = password
@@ -156,6 +192,8 @@ class ClientProtocol:
         self._ca_key = ca_key
         self.relay_name = relay_name
         self.group_keys = group_keys
+        self.resume_tokens = {} if resume_tokens is None else resume_tokens
+        self._now = now
         self.state = ClientState.AWAITING_HELLO
         self.roster: dict[str, RosterEntry] = {}
         self.roster_version = 0
@@ -230,7 +268,13 @@ class ClientProtocol:
         self._relay = PublicIdentity(body.sign_key, body.box_key)
         self._challenge = frame.challenge
         self.state = ClientState.AWAITING_WELCOME
-        login = seal_login(self.identity, self._relay, frame.challenge, self.user, self._password)
+        saved = self.resume_tokens.get(body.sign_key)
+        token = b""
+        if saved is not None and saved.usable(self._password, self._now()):
+            token = saved.token
+        login = seal_login(
+            self.identity, self._relay, frame.challenge, self.user, self._password, token
+        )
         return [Outgoing(encode(login))]
 
     def _on_welcome(self, frame: Welcome) -> list[Output]:
@@ -243,6 +287,12 @@ class ClientProtocol:
         # Only rosters newer than the version current at login are accepted,
         # so an old signed roster cannot be replayed into this session.
         self.roster_version = body.roster_version
+        if body.resume_token:
+            self.resume_tokens[self._relay_key] = ResumeToken.issued(
+                body.resume_token, body.resume_expires, self._password
+            )
+        else:
+            self.resume_tokens.pop(self._relay_key, None)
         self.state = ClientState.AWAITING_ROSTER
         return []
 

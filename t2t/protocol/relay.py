@@ -15,6 +15,8 @@ from __future__ import annotations
 import enum
 import logging
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -51,9 +53,12 @@ from t2t.frames import (
     decode_frame,
     encode,
 )
+from t2t.protocol.resume import ResumeTokens
 from t2t.protocol.routing import Router, RoutingError
 
 log = logging.getLogger("t2t.relay")
+
+DEFAULT_RESUME_TTL: Final = 7 * 86400  # seconds a resume token stays valid
 
 
 class ConnState(enum.Enum):
@@ -138,9 +143,19 @@ class RelayProtocol:
         key: The relay's key pair, named in its certificate.
         certificate: The encoded certificate sent in every hello frame.
         store: Durable accounts, groups and roster version.
+        resume_ttl: Lifetime of resume tokens in seconds; 0 disables them.
+        now: Unix-time clock for token expiry, replaceable in tests.
     """
 
-    def __init__(self, key: KeyPair, certificate: bytes, store: RelayStore) -> None:
+    def __init__(
+        self,
+        key: KeyPair,
+        certificate: bytes,
+        store: RelayStore,
+        *,
+        resume_ttl: float = DEFAULT_RESUME_TTL,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         self._key = key
         self._certificate = certificate
         self._store = store
@@ -148,6 +163,7 @@ class RelayProtocol:
         self._online: dict[str, int] = {}  # user -> conn_id of its active session
         self._accounts: dict[str, Account] = {a.user: a for a in store.accounts()}
         self.router = Router(store.memberships())
+        self._tokens = ResumeTokens(resume_ttl, now)
         self.roster_dirty = False
 
     # Connection lifecycle --------------------------------------------------
@@ -248,8 +264,13 @@ class RelayProtocol:
         session.pending_identity = PublicIdentity(body.sign_key, body.box_key)
         session.state = ConnState.VERIFYING
         account = self._accounts.get(body.user)
-        stored_hash = None if account is None else account.password_hash
-        return [CheckPassword(session.conn_id, body.password, stored_hash)]
+        if account is None:
+            return [CheckPassword(session.conn_id, body.password, None)]
+        if self._tokens.redeem(body.user, body.resume_token, body.sign_key):
+            # The login signature proved possession of the identity key the
+            # token was issued to, so the password hash can be skipped.
+            return self._complete_login(session, account, "resume token")
+        return [CheckPassword(session.conn_id, body.password, account.password_hash)]
 
     def password_checked(
         self, conn_id: int, *, ok: bool, new_hash: str | None, password: str
@@ -290,6 +311,11 @@ class RelayProtocol:
                 *self._close(session, CLOSE_POLICY_VIOLATION, "login rejected: wrong password"),
             ]
 
+        return self._complete_login(session, account, "password")
+
+    def _complete_login(self, session: _Session, account: Account, method: str) -> list[Action]:
+        conn_id, user, identity = session.conn_id, account.user, session.pending_identity
+        assert identity is not None
         actions: list[Action] = []
         if account.identity != identity:
             self._store.update_identity(user, identity)
@@ -304,6 +330,7 @@ class RelayProtocol:
             actions.extend(self._close(old, CLOSE_NORMAL, "session replaced by a new login"))
             self.router.unsubscribe_all(user)
 
+        log.info("logged in user=%s conn=%d method=%s", user, conn_id, method)
         session.state = ConnState.ACTIVE
         session.pending_identity = None
         self._online[user] = conn_id
@@ -312,7 +339,8 @@ class RelayProtocol:
         # accepts only a newer roster: the next debounced publish, which
         # includes this login. So an old signed roster cannot be replayed
         # into a fresh session, and a burst of logins costs one signature.
-        welcome = WelcomeBody(session.challenge, user, self._store.roster_version())
+        token, expires = self._tokens.issue(user, identity.sign_key)
+        welcome = WelcomeBody(session.challenge, user, self._store.roster_version(), token, expires)
         actions.append(Send(conn_id, encode(sign_welcome(self._key, welcome))))
         return actions
 

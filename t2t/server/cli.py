@@ -121,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to gather roster changes before pushing one update",
     )
     limits.add_argument(
+        "--resume-ttl",
+        type=float,
+        default=defaults.resume_ttl,
+        help=(
+            "seconds a resume token stays valid; a returning client with a valid token "
+            "skips the password hash (0 disables tokens)"
+        ),
+    )
+    limits.add_argument(
         "--hash-threads",
         type=int,
         default=defaults.hash_threads,
@@ -210,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             login_timeout=args.login_timeout,
             roster_debounce=args.roster_debounce,
             hash_threads=args.hash_threads,
+            resume_ttl=args.resume_ttl,
             hash_cost=HashCost(args.hash_ops, args.hash_memory * MIB),
             ssl_context=_ssl_context(args),
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import ssl
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,7 +38,15 @@ from t2t.errors import (
     CLOSE_POLICY_VIOLATION,
     close_details,
 )
-from t2t.protocol.relay import CheckPassword, Close, ConnState, RelayProtocol, RelayStore, Send
+from t2t.protocol.relay import (
+    DEFAULT_RESUME_TTL,
+    CheckPassword,
+    Close,
+    ConnState,
+    RelayProtocol,
+    RelayStore,
+    Send,
+)
 from t2t.server.framing import RawWriter, frame_binary, raw_writer_for
 from t2t.server.passwords import HashCost, hash_password, verify_password
 
@@ -61,14 +70,20 @@ class RelayConfig:
     roster_debounce: float = 0.05  # gather roster changes for this long before one push
     hash_threads: int = 2  # password hashes running at once
     hash_cost: HashCost = field(default_factory=HashCost)
+    resume_ttl: float = DEFAULT_RESUME_TTL  # resume token lifetime; 0 disables tokens
     ssl_context: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
         for name in ("idle_timeout", "login_timeout", "close_timeout", "send_timeout"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.roster_debounce < 0:
-            raise ValueError(f"roster_debounce must not be negative, got {self.roster_debounce}")
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(
+                    f"{_option(name)} must be a positive number of seconds, got {value}"
+                )
+        for name in ("roster_debounce", "resume_ttl"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{_option(name)} must be zero or more seconds, got {value}")
         if self.max_message_size < KIB:
             raise ValueError(
                 f"max_message_size must be at least {KIB} bytes, got {self.max_message_size}"
@@ -159,7 +174,7 @@ class Relay:
         self, config: RelayConfig, key: KeyPair, certificate: bytes, store: RelayStore
     ) -> None:
         self.config = config
-        self.protocol = RelayProtocol(key, certificate, store)
+        self.protocol = RelayProtocol(key, certificate, store, resume_ttl=config.resume_ttl)
         self.port: int | None = None
         self._key = key
         self._connections: dict[int, _Connection] = {}
@@ -462,6 +477,11 @@ class Relay:
             wire = frame_binary(frame)
             for conn_id in self.protocol.active_connections():
                 await self._send(conn_id, frame, wire)
+
+
+def _option(field_name: str) -> str:
+    """Name a config field together with its command line option."""
+    return f"{field_name} (--{field_name.replace('_', '-')})"
 
 
 def _format_host(host: str) -> str:
