@@ -4,7 +4,8 @@ Start with :func:`connect`; run a relay with ``python -m t2t.server``.
 """
 
 from t2t._version import __version__
-from t2t.client.connection import Client, connect
+from t2t.client.connect import connect
+from t2t.client.connection import Client
 from t2t.errors import (
     CertificateError,
     CertificateExpiredError,

@@ -276,6 +276,21 @@ def encode(value: msgspec.Struct) -> bytes:
     return _encoder.encode(value)
 
 
+def validate_name(value: str, what: str) -> None:
+    """Check a user or group id before it goes on the wire.
+
+    Raises:
+        ValueError: naming the id and the rule it breaks.
+    """
+    try:
+        msgspec.convert(value, Name)
+    except msgspec.ValidationError:
+        raise ValueError(
+            f"invalid {what} id {value!r}: use 1 to {MAX_NAME_LENGTH} characters without "
+            "spaces, control or invisible formatting characters"
+        ) from None
+
+
 def decode_frame(data: bytes | bytearray | memoryview | str) -> Frame:
     """Decode one inbound WebSocket message into a frame.
 

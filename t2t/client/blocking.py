@@ -43,7 +43,8 @@ from typing import Any, Final, Self, TypeVar, overload
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from t2t.client.connection import Client, connect
+from t2t.client.connect import connect
+from t2t.client.connection import Client
 from t2t.events import (
     Conflict,
     Disconnected,

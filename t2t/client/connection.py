@@ -1,4 +1,7 @@
-"""The trio client: :func:`connect` and :class:`Client`.
+"""The trio client's connection: :class:`Client` and its tasks.
+
+:func:`t2t.client.connect.connect` opens the WebSocket, logs in and runs a
+:class:`Client` inside its nursery.
 
 Task tree, all inside the nursery that :func:`connect` opens::
 
@@ -18,33 +21,19 @@ import contextlib
 import inspect
 import itertools
 import logging
-import math
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit
 
-import msgspec
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from t2t.client.state import (
-    GROUP_KEYS_FILE,
-    IDENTITY_FILE,
-    RESUME_FILE,
-    load_group_keys,
-    load_or_create_identity,
-    load_resume_tokens,
     save_group_keys,
-    save_resume_tokens,
 )
-from t2t.crypto.keys import load_public_identity
 from t2t.errors import (
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
-    CertificateError,
     ConflictError,
     DisconnectedError,
     ProtocolError,
@@ -62,7 +51,7 @@ from t2t.events import (
     MessageRejected,
     RosterChanged,
 )
-from t2t.frames import Name
+from t2t.frames import validate_name
 from t2t.protocol.client import (
     ClientProtocol,
     ClientState,
@@ -208,7 +197,7 @@ class Client:
         if peer not in self._protocol.roster:
             raise SendError("unknown-user", f"user {peer!r} is not in the roster")
         if group not in self._protocol.group_keys:
-            _validate_name(group, "group")
+            validate_name(group, "group")
             self._protocol.create_group(group)
             try:
                 await self._request(("subscribe", group), self._protocol.subscribe(group))
@@ -508,165 +497,3 @@ class Client:
         with contextlib.suppress(trio.WouldBlock):
             self._dispatch_send.send_nowait(self._disconnected)
         self._dispatch_send.close()
-
-
-@asynccontextmanager
-async def connect(
-    url: str,
-    *,
-    user: str,
-    password: str,
-    ca: Path | str,
-    state_dir: Path | str | None = None,
-    key_file: Path | str | None = None,
-    group_keys_file: Path | str | None = None,
-    relay_name: str | None = None,
-    accept_invite: InviteDecision | None = None,
-    window: int = DEFAULT_WINDOW,
-    event_buffer: int = DEFAULT_EVENT_BUFFER,
-    connect_timeout: float = 10.0,
-    request_timeout: float = 30.0,
-    heartbeat_interval: float = 20.0,
-    heartbeat_timeout: float = 10.0,
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-    ssl_context: ssl.SSLContext | None = None,
-) -> AsyncIterator[Client]:
-    """Connect to a relay, log in, and yield a :class:`Client`.
-
-    Args:
-        url: ``ws://host:port`` or ``wss://host:port``.
-        user: Our user id; the first login registers it.
-        password: Our password. It is sealed to the relay's certified key.
-        ca: The CA public key file that signed the relay certificate.
-        state_dir: Folder for ``identity.key`` and ``group_keys.json``
-            (created with mode 0600). Defaults to ``./t2t-<user>``.
-        key_file, group_keys_file: Override the two file paths.
-        relay_name: The name the certificate must carry; defaults to the
-            URL's host.
-        accept_invite: Called with each verified invite; return False to
-            decline. Invites are accepted when this is None.
-        window: Maximum unacknowledged messages; further sends wait.
-        event_buffer: Events buffered for the application before the client
-            disconnects as a slow consumer.
-        connect_timeout: Seconds allowed for connecting and logging in.
-        request_timeout: Seconds to wait for the relay's reply to a request.
-        heartbeat_interval: Seconds between pings.
-        heartbeat_timeout: Seconds to wait for a pong before giving up.
-        max_message_size: Largest message sent or accepted, in bytes; keep it
-            equal to the relay's ``--max-message-size``.
-        ssl_context: TLS settings for ``wss://`` URLs, for example to trust a
-            private TLS CA; the system defaults when None.
-
-    Raises:
-        CertificateError: the relay certificate failed a check.
-        ConflictError: the relay rejected the login (for example a wrong
-            password), or replaced this session and no handler took the
-            :class:`Conflict` event.
-        DisconnectedError: the relay closed the connection during login.
-        KeyFileError: a key file is missing or malformed.
-        TimeoutError: the login did not finish within ``connect_timeout``.
-    """
-    _validate_name(user, "user")
-    if window < 1:
-        raise ValueError(f"window must be at least 1, got {window}")
-    if event_buffer < 1:
-        raise ValueError(f"event_buffer must be at least 1, got {event_buffer}")
-    for name, value in (
-        ("connect_timeout", connect_timeout),
-        ("request_timeout", request_timeout),
-        ("heartbeat_interval", heartbeat_interval),
-        ("heartbeat_timeout", heartbeat_timeout),
-    ):
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"{name} must be a positive number of seconds, got {value}")
-    host = urlsplit(url).hostname
-    if host is None:
-        raise ValueError(f"relay URL {url!r} has no host; use ws://HOST:PORT")
-
-    folder = Path(state_dir) if state_dir is not None else Path(f"t2t-{user}")
-    identity = load_or_create_identity(Path(key_file) if key_file else folder / IDENTITY_FILE)
-    keys_path = Path(group_keys_file) if group_keys_file else folder / GROUP_KEYS_FILE
-    resume_path = folder / RESUME_FILE
-    protocol = ClientProtocol(
-        user=user,
-        password=password,
-        identity=identity,
-        ca_key=_load_ca_key(Path(ca)),
-        relay_name=relay_name if relay_name is not None else host,
-        group_keys=load_group_keys(keys_path),
-        resume_tokens=load_resume_tokens(resume_path),
-    )
-
-    connected = False
-    try:
-        async with open_websocket_url(
-            url,
-            ssl_context=ssl_context,
-            # Rosters list every account and can outgrow the relay's limit on
-            # client messages, so accept larger messages from the relay.
-            max_message_size=max(max_message_size, MIN_INBOUND_MESSAGE_SIZE),
-            connect_timeout=connect_timeout,
-            disconnect_timeout=2.0,
-        ) as ws:
-            connected = True
-            client = Client(
-                ws,
-                protocol,
-                group_keys_file=keys_path,
-                window=window,
-                event_buffer=event_buffer,
-                request_timeout=request_timeout,
-                heartbeat_interval=heartbeat_interval,
-                heartbeat_timeout=heartbeat_timeout,
-                accept_invite=accept_invite,
-                max_message_size=max_message_size,
-            )
-            await _log_in(client, ws, url, connect_timeout)
-            try:
-                save_resume_tokens(resume_path, protocol.resume_tokens)
-            except OSError as exc:
-                log.warning("cannot save resume token to %s: %s", resume_path, exc)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(client._run)
-                await client._subscribe_known_groups()
-                yield client
-                nursery.cancel_scope.cancel()
-    except (OSError, HandshakeError) as exc:
-        if connected:
-            raise
-        raise DisconnectedError(None, f"cannot connect to {url}: {exc!r}") from None
-    except BaseExceptionGroup as group:
-        # Nurseries wrap even a single failure in a group. Callers expect to
-        # catch ConflictError, or their own exception from the block,
-        # directly, so unwrap a group of one.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
-
-
-async def _log_in(client: Client, ws: WebSocketConnection, url: str, timeout: float) -> None:
-    try:
-        with trio.fail_after(timeout):
-            await client._handshake()
-    except trio.TooSlowError:
-        raise TimeoutError(f"login to {url} did not finish within {timeout:g} s") from None
-    except (CertificateError, ProtocolError) as exc:
-        code = exc.code if isinstance(exc, ProtocolError) else CLOSE_POLICY_VIOLATION
-        with trio.move_on_after(2):
-            await ws.aclose(code, str(exc)[:120])
-        raise
-    log.info("logged in user=%s relay=%s", client.user, url)
-
-
-def _load_ca_key(path: Path) -> bytes:
-    return load_public_identity(path).sign_key
-
-
-def _validate_name(value: str, what: str) -> None:
-    try:
-        msgspec.convert(value, Name)
-    except msgspec.ValidationError:
-        raise ValueError(
-            f"invalid {what} id {value!r}: use 1 to 64 characters without spaces, "
-            "control or invisible formatting characters"
-        ) from None
