@@ -14,6 +14,7 @@ signed before decoding them.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -28,11 +29,19 @@ SIGNATURE_SIZE: Final = 64  # Ed25519 signature, in bytes
 CHALLENGE_SIZE: Final = 32  # login challenge, in bytes
 MESSAGE_ID_SIZE: Final = 16  # random message id, in bytes
 MAX_NAME_LENGTH: Final = 64  # user ids and group ids, in characters
+MAX_PASSWORD_LENGTH: Final = 1024  # characters
 
-# User and group ids: 1 to 64 characters, none of them whitespace, control
-# characters or invisible formatting characters (zero-width and bidirectional
-# marks), so that ids print unambiguously in logs. Any script is allowed.
-NAME_PATTERN: Final = r"^[^\s\x00-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+\Z"
+# User and group ids: 1 to 64 characters of any script. Excluded, so that ids
+# print unambiguously in logs: whitespace, C0 and C1 controls, characters that
+# render as nothing (soft hyphen, zero-width, bidirectional and other format
+# marks, variation selectors, tag characters, Hangul fillers), and the path
+# separators / and \, because clients name state folders after user ids.
+# Lookalikes from different scripts (Latin a, Cyrillic U+0430) are still allowed.
+NAME_PATTERN: Final = (
+    r"^[^\s\x00-\x1f\x7f-\x9f\xad/\\\u034f\u061c\u115f\u1160\u17b4\u17b5"
+    r"\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f"
+    r"\ufeff\uffa0\U000e0000-\U000e007f]+\Z"
+)
 Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)]
 PublicKey = Annotated[bytes, Meta(min_length=KEY_SIZE, max_length=KEY_SIZE)]
 Signature = Annotated[bytes, Meta(min_length=SIGNATURE_SIZE, max_length=SIGNATURE_SIZE)]
@@ -135,9 +144,15 @@ class Login(_Frame, tag="login", frozen=True):
 
 
 class Subscribe(_Frame, tag="subscribe", frozen=True):
-    """Ask for a group's messages. Subscribing to an unknown group creates it."""
+    """Ask for a group's messages; with ``create``, create the group first.
+
+    ``create`` must name a group that does not exist yet: a client that has
+    no key for an existing group cannot read it, so silently joining it with
+    a fresh key would lose every message.
+    """
 
     group: Name
+    create: bool = False
 
 
 class Unsubscribe(_Frame, tag="unsubscribe", frozen=True):
@@ -203,7 +218,7 @@ class LoginBody(_Body, frozen=True):
     """Plaintext sealed inside :class:`Login`. Only the relay can open it."""
 
     user: Name
-    password: Annotated[str, Meta(min_length=1, max_length=1024)]
+    password: Annotated[str, Meta(min_length=1, max_length=MAX_PASSWORD_LENGTH)]
     sign_key: PublicKey
     box_key: PublicKey
     resume_token: Annotated[bytes, Meta(max_length=64)] = b""  # from an earlier welcome
@@ -276,6 +291,12 @@ def encode(value: msgspec.Struct) -> bytes:
     return _encoder.encode(value)
 
 
+NAME_RULE: Final = (
+    f"1 to {MAX_NAME_LENGTH} characters in Unicode NFC form, without spaces, "
+    "control characters, invisible characters, / or \\"
+)
+
+
 def validate_name(value: str, what: str) -> None:
     """Check a user or group id before it goes on the wire.
 
@@ -284,11 +305,11 @@ def validate_name(value: str, what: str) -> None:
     """
     try:
         msgspec.convert(value, Name)
-    except msgspec.ValidationError:
-        raise ValueError(
-            f"invalid {what} id {value!r}: use 1 to {MAX_NAME_LENGTH} characters without "
-            "spaces, control or invisible formatting characters"
-        ) from None
+        valid = unicodedata.normalize("NFC", value) == value
+    except (msgspec.ValidationError, TypeError):
+        valid = False
+    if not valid:
+        raise ValueError(f"invalid {what} id {value!r}: use {NAME_RULE}")
 
 
 def decode_frame(data: bytes | bytearray | memoryview | str) -> Frame:
@@ -304,4 +325,9 @@ def decode_frame(data: bytes | bytearray | memoryview | str) -> Frame:
     try:
         return _frame_decoder.decode(data)
     except msgspec.DecodeError as exc:
-        raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"invalid frame: {exc}") from None
+        message = str(exc)
+        if "matching regex" in message:
+            # The raw pattern is unreadable in a close reason; state the rule.
+            where = message.rsplit(" - at ", 1)[-1] if " - at " in message else "a field"
+            message = f"invalid id at {where}: use {NAME_RULE}"
+        raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"invalid frame: {message}") from None

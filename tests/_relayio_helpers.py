@@ -126,13 +126,13 @@ class RawSession:
                 self._accept_roster(frame)
         return self.roster[user]
 
-    async def subscribe(self, group: str) -> Frame:
+    async def subscribe(self, group: str, *, create: bool = False) -> Frame:
         """Subscribe to ``group`` and return the relay's reply (Subscribed or Error)."""
-        await self.send(Subscribe(group))
+        await self.send(Subscribe(group, create))
         return await self.next_frame()
 
     async def create_group(self, group: str) -> bytes:
-        reply = await self.subscribe(group)
+        reply = await self.subscribe(group, create=True)
         assert reply == Subscribed(group), f"cannot create group {group!r}: {reply!r}"
         key = self.group_keys[group] = new_group_key()
         return key

@@ -14,6 +14,7 @@ Rules under test:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 
 from t2t.errors import CLOSE_PROTOCOL_ERROR, ProtocolError
 from t2t.frames import (
+    NAME_PATTERN,
     Ack,
     Error,
     GroupMessage,
@@ -66,7 +68,7 @@ names = st.text(
     alphabet=st.characters(exclude_categories=("Cc", "Cs", "Cf", "Zs", "Zl", "Zp")),
     min_size=1,
     max_size=64,
-).filter(lambda name: not any(char.isspace() for char in name))
+).filter(lambda name: re.fullmatch(NAME_PATTERN, name) is not None)
 blobs = st.binary(min_size=1, max_size=200)
 signatures = st.binary(min_size=64, max_size=64)
 int64 = st.integers(-(2**63), 2**63 - 1)
@@ -267,7 +269,7 @@ def test_empty_blob_rejected(data: bytes):
     [
         raw("ping", 1, 2),
         raw("ack", MSG_ID, MSG_ID),
-        raw("subscribe", "team", "extra"),
+        raw("subscribe", "team", True, "extra"),
         raw("error", "code", "message", "team", b"id", "extra"),
         raw("msg", "team", "alice", MSG_ID, b"box", b"extra"),
     ],

@@ -523,7 +523,7 @@ class TestTimeouts:
             run_clock_at_real_speed(True)
             async with (
                 raw_session(relay.url, relay.ca_file, "quiet") as quiet,
-                relay.client("alive", heartbeat_interval=5, heartbeat_timeout=5) as alive,
+                relay.client("alive", heartbeat_interval=5, heartbeat_timeout=2) as alive,
             ):
                 run_clock_at_real_speed(False)
                 # Without pings, quiet is closed after 30 s, and alive outlives it fourfold.

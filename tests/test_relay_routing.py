@@ -153,7 +153,7 @@ async def test_client_send_returns_acked_id(tmp_path):
     assert alice_inbox.events == []
 
 
-async def test_subscribe_not_invited(tmp_path):
+async def test_create_existing_group_refused(tmp_path):
     async with (
         running_relay(tmp_path) as relay,
         raw_session(relay.url, relay.ca_file, "alice") as alice,
@@ -168,7 +168,7 @@ async def test_subscribe_not_invited(tmp_path):
         invite = await alice.expect(Invite)
         msg_id = await bob.send("bobs", "still connected")
 
-    assert info.value.code == "not-a-member"
+    assert info.value.code == "group-exists"
     assert invite.group == "bobs"
     assert len(msg_id) == 16
 
@@ -200,7 +200,32 @@ async def test_group_error_16_char_id(tmp_path):
             await bob.invite("alice", group)
 
     assert len(group.encode()) == 16
-    assert info.value.code == "not-a-member"
+    assert info.value.code == "group-exists"
+
+
+async def test_subscribe_not_invited(tmp_path):
+    async with (
+        running_relay(tmp_path) as relay,
+        raw_session(relay.url, relay.ca_file, "alice") as alice,
+        raw_session(relay.url, relay.ca_file, "mallory") as mallory,
+    ):
+        await alice.create_group("team")
+        reply = await mallory.subscribe("team")
+
+    assert isinstance(reply, Error)
+    assert reply.code == "not-a-member"
+    assert reply.group == "team"
+
+
+async def test_subscribe_unknown_group(tmp_path):
+    async with (
+        running_relay(tmp_path) as relay,
+        raw_session(relay.url, relay.ca_file, "alice") as alice,
+    ):
+        reply = await alice.subscribe("nowhere")
+
+    assert isinstance(reply, Error)
+    assert reply.code == "unknown-group"
 
 
 async def test_invite_self_refused(tmp_path):

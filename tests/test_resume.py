@@ -7,8 +7,8 @@ Rules under test:
   is then spent.
 - A token is refused (and the password checked instead) when it is expired,
   already used, issued to another identity key, or disabled with ttl 0.
-- The client sends a saved token only while its password still matches, so
-  a wrong password is rejected even with a valid token on disk.
+- A token works only with the password it was issued with, so a wrong
+  password is rejected even with a valid token on disk.
 - Tokens survive the client's state folder, not a relay restart.
 """
 
@@ -23,7 +23,7 @@ from support import running_relay
 from t2t.crypto.keys import KeyPair
 from t2t.errors import ConflictError
 from t2t.frames import WelcomeBody
-from t2t.protocol.client import ClientProtocol, ClientState, Outgoing, ResumeToken
+from t2t.protocol.client import ClientProtocol, ClientState, Outgoing
 from t2t.protocol.relay import CheckPassword, Send
 from t2t.protocol.resume import ResumeTokens
 
@@ -38,66 +38,67 @@ class Clock:
 
 # ResumeTokens ---------------------------------------------------------------
 
+KEY = b"k" * 32
+
 
 def test_token_redeems_once():
     tokens = ResumeTokens(60, Clock())
-    token, _ = tokens.issue("alice", b"k" * 32)
+    token, _ = tokens.issue("alice", KEY, "pw")
 
-    assert tokens.redeem("alice", token, b"k" * 32)
-    assert not tokens.redeem("alice", token, b"k" * 32)
+    assert tokens.redeem("alice", token, KEY, "pw")
+    assert not tokens.redeem("alice", token, KEY, "pw")
 
 
 def test_token_bound_to_identity_key():
     tokens = ResumeTokens(60, Clock())
-    token, _ = tokens.issue("alice", b"k" * 32)
+    token, _ = tokens.issue("alice", KEY, "pw")
 
-    assert not tokens.redeem("alice", token, b"x" * 32)
+    assert not tokens.redeem("alice", token, b"x" * 32, "pw")
+
+
+def test_token_bound_to_password():
+    tokens = ResumeTokens(60, Clock())
+    token, _ = tokens.issue("alice", KEY, "pw")
+
+    assert not tokens.redeem("alice", token, KEY, "wrong")
 
 
 def test_token_bound_to_user():
     tokens = ResumeTokens(60, Clock())
-    token, _ = tokens.issue("alice", b"k" * 32)
+    token, _ = tokens.issue("alice", KEY, "pw")
 
-    assert not tokens.redeem("bob", token, b"k" * 32)
+    assert not tokens.redeem("bob", token, KEY, "pw")
 
 
 def test_token_expires():
     clock = Clock()
     tokens = ResumeTokens(60, clock)
-    token, expires = tokens.issue("alice", b"k" * 32)
+    token, expires = tokens.issue("alice", KEY, "pw")
     clock.now += 61
 
     assert expires == 1_000_060
-    assert not tokens.redeem("alice", token, b"k" * 32)
+    assert not tokens.redeem("alice", token, KEY, "pw")
 
 
 def test_newer_token_replaces_older():
     tokens = ResumeTokens(60, Clock())
-    old, _ = tokens.issue("alice", b"k" * 32)
-    new, _ = tokens.issue("alice", b"k" * 32)
+    old, _ = tokens.issue("alice", KEY, "pw")
+    new, _ = tokens.issue("alice", KEY, "pw")
 
-    assert not tokens.redeem("alice", old, b"k" * 32)
-    assert tokens.redeem("alice", new, b"k" * 32)
+    assert not tokens.redeem("alice", old, KEY, "pw")
+    assert tokens.redeem("alice", new, KEY, "pw")
 
 
 def test_zero_ttl_disables_tokens():
     tokens = ResumeTokens(0, Clock())
 
-    assert tokens.issue("alice", b"k" * 32) == (b"", 0)
-    assert not tokens.redeem("alice", b"", b"k" * 32)
+    assert tokens.issue("alice", KEY, "pw") == (b"", 0)
+    assert not tokens.redeem("alice", b"", KEY, "pw")
 
 
 def test_negative_ttl_rejected():
     with pytest.raises(ValueError, match="must not be negative"):
         ResumeTokens(-1, Clock())
-
-
-def test_saved_token_needs_same_password():
-    saved = ResumeToken.issued(b"t" * 32, 2_000, "right")
-
-    assert saved.usable("right", 1_000)
-    assert not saved.usable("wrong", 1_000)
-    assert not saved.usable("right", 2_000)
 
 
 # Relay and client protocols ----------------------------------------------------

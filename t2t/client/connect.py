@@ -37,7 +37,7 @@ from t2t.errors import (
     DisconnectedError,
     ProtocolError,
 )
-from t2t.frames import validate_name
+from t2t.frames import MAX_PASSWORD_LENGTH, validate_name
 from t2t.protocol.client import ClientProtocol
 
 log = logging.getLogger("t2t.client")
@@ -100,6 +100,7 @@ async def connect(
         TimeoutError: the login did not finish within ``connect_timeout``.
     """
     validate_name(user, "user")
+    _validate_password(password)
     if window < 1:
         raise ValueError(f"window must be at least 1, got {window}")
     if event_buffer < 1:
@@ -112,6 +113,11 @@ async def connect(
     ):
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{name} must be a positive number of seconds, got {value}")
+    if heartbeat_timeout >= heartbeat_interval:
+        raise ValueError(
+            f"heartbeat_timeout ({heartbeat_timeout} s) must be shorter than "
+            f"heartbeat_interval ({heartbeat_interval} s)"
+        )
     host = urlsplit(url).hostname
     if host is None:
         raise ValueError(f"relay URL {url!r} has no host; use ws://HOST:PORT")
@@ -189,6 +195,18 @@ async def _log_in(client: Client, ws: WebSocketConnection, url: str, timeout: fl
             await ws.aclose(code, str(exc)[:120])
         raise
     log.info("logged in user=%s relay=%s", client.user, url)
+
+
+def _validate_password(password: str) -> None:
+    length = len(password)
+    if not 1 <= length <= MAX_PASSWORD_LENGTH:
+        raise ValueError(
+            f"password must be 1 to {MAX_PASSWORD_LENGTH} characters, got {length} characters"
+        )
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("password is not valid Unicode text (it has a lone surrogate)") from None
 
 
 def _load_ca_key(path: Path) -> bytes:

@@ -200,7 +200,9 @@ class Client:
             validate_name(group, "group")
             self._protocol.create_group(group)
             try:
-                await self._request(("subscribe", group), self._protocol.subscribe(group))
+                await self._request(
+                    ("subscribe", group), self._protocol.subscribe(group, create=True)
+                )
             except BaseException:
                 # The relay did not create the group (for example another user
                 # owns that id), so the new key is useless: forget it.
@@ -288,7 +290,10 @@ class Client:
                     await self._close(exc.code, exc.reason)
                     return
                 for output in outputs:
-                    self._handle(output)
+                    if isinstance(output, Outgoing):
+                        await self._ws.send_message(output.data)
+                    else:
+                        self._handle(output)
         except ConnectionClosed as exc:
             self._finish(*close_details(exc.reason))
 
@@ -301,8 +306,6 @@ class Client:
             case PongReceived(nonce):
                 if nonce == self._ping_nonce:
                     self._last_pong = trio.current_time()
-            case Outgoing(data):
-                raise AssertionError(f"unexpected outbound frame after login: {data!r}")
             case Conflict():
                 has_handler = self._events_wanted or any(
                     issubclass(Conflict, kind) for kind in self._callbacks
@@ -331,6 +334,8 @@ class Client:
                 )
             )
             return
+        if offer.group in self._undecided:
+            return  # the same invite again while the first awaits its decision
         if held is None:
             # Use the key at once, before the dispatch task asks the decision
             # callback, so messages that follow the invite can be opened. A
@@ -462,8 +467,11 @@ class Client:
                     log.exception("callback %r failed on %s", callback, type(event).__name__)
 
     async def _heartbeat(self) -> None:
+        # A ping every heartbeat_interval seconds; the reply is checked
+        # heartbeat_timeout seconds after each ping, which connect() keeps
+        # shorter than the interval.
         while True:
-            await trio.sleep(self._heartbeat_interval)
+            await trio.sleep(self._heartbeat_interval - self._heartbeat_timeout)
             sent_at = trio.current_time()
             self._ping_nonce = next(self._nonces)
             try:

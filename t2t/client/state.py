@@ -78,9 +78,7 @@ def load_resume_tokens(path: Path) -> dict[bytes, ResumeToken]:
         raw = json.loads(path.read_text(encoding="utf-8"))
         return {
             bytes.fromhex(relay): ResumeToken(
-                base64.b64decode(entry["token"]),
-                int(entry["expires"]),
-                base64.b64decode(entry["password_check"]),
+                base64.b64decode(entry["token"]), int(entry["expires"])
             )
             for relay, entry in raw.items()
         }
@@ -93,7 +91,6 @@ def save_resume_tokens(path: Path, tokens: dict[bytes, ResumeToken]) -> None:
         relay.hex(): {
             "token": base64.b64encode(saved.token).decode("ascii"),
             "expires": saved.expires,
-            "password_check": base64.b64encode(saved.password_check).decode("ascii"),
         }
         for relay, saved in tokens.items()
     }

@@ -19,8 +19,6 @@ What it defends against:
 from __future__ import annotations
 
 import enum
-import hashlib
-import hmac
 import logging
 import time
 from collections import OrderedDict
@@ -86,27 +84,12 @@ _F = TypeVar("_F")
 class ResumeToken:
     """A relay-issued resume token as the client stores it.
 
-    ``password_check`` is HMAC-SHA256 of the password under the token. The
-    client sends the token only when the password it was given still matches,
-    so a login with a wrong password is rejected as before instead of being
-    let in by a saved token.
+    The relay accepts it only together with the password it was issued with
+    and the identity key that signs the login, so the file alone logs no one in.
     """
 
     token: bytes
     expires: int  # Unix time in seconds
-    password_check: bytes
-
-    @classmethod
-    def issued(cls, token: bytes, expires: int, password: str) -> ResumeToken:
-        return cls(token, expires, _password_check(token, password))
-
-    def usable(self, password: str, now: float) -> bool:
-        check = _password_check(self.token, password)
-        return now < self.expires and hmac.compare_digest(check, self.password_check)
-
-
-def _password_check(token: bytes, password: str) -> bytes:
-    return hmac.new(token, password.encode("utf-8"), hashlib.sha256).digest()
 
 
 SEEN_MESSAGE_IDS: Final = 10_000  # message ids remembered to reject replays
@@ -202,6 +185,7 @@ class ClientProtocol:
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self.conflict: Conflict | None = None
         self._early: list[Frame] = []
+        self._left: set[str] = set()  # keyless groups we sent Unsubscribe for
 
     # Inbound -----------------------------------------------------------------
 
@@ -270,7 +254,7 @@ class ClientProtocol:
         self.state = ClientState.AWAITING_WELCOME
         saved = self.resume_tokens.get(body.sign_key)
         token = b""
-        if saved is not None and saved.usable(self._password, self._now()):
+        if saved is not None and self._now() < saved.expires:
             token = saved.token
         login = seal_login(
             self.identity, self._relay, frame.challenge, self.user, self._password, token
@@ -288,8 +272,8 @@ class ClientProtocol:
         # so an old signed roster cannot be replayed into this session.
         self.roster_version = body.roster_version
         if body.resume_token:
-            self.resume_tokens[self._relay_key] = ResumeToken.issued(
-                body.resume_token, body.resume_expires, self._password
+            self.resume_tokens[self._relay_key] = ResumeToken(
+                body.resume_token, body.resume_expires
             )
         else:
             self.resume_tokens.pop(self._relay_key, None)
@@ -335,7 +319,7 @@ class ClientProtocol:
     def _on_active(self, frame: Frame) -> list[Output]:
         match frame:
             case GroupMessage():
-                return [self._open_message(frame)]
+                return self._open_message(frame)
             case Ack(msg_id):
                 return [Reply(message_key(msg_id), None)]
             case Invite():
@@ -357,10 +341,28 @@ class ClientProtocol:
             f"frame {type(frame).__name__} is not expected in state {self.state.value}",
         )
 
-    def _open_message(self, frame: GroupMessage) -> MessageReceived | MessageRejected:
+    def _open_message(self, frame: GroupMessage) -> list[Output]:
         key = self.group_keys.get(frame.group)
         if key is None:
-            return MessageRejected(frame.group, frame.sender, "no key for this group")
+            return [
+                MessageRejected(frame.group, frame.sender, "no key for this group"),
+                *self._leave_keyless(frame.group),
+            ]
+        return [self._verify_message(frame, key)]
+
+    def _leave_keyless(self, group: str) -> list[Output]:
+        """Unsubscribe once from a group we hold no key for.
+
+        The relay subscribes an invitee before the invite is verified, so a
+        forged invite would otherwise leave us receiving a stream of
+        messages we can never read.
+        """
+        if group in self._left:
+            return []
+        self._left.add(group)
+        return [Outgoing(encode(Unsubscribe(group)))]
+
+    def _verify_message(self, frame: GroupMessage, key: bytes) -> MessageReceived | MessageRejected:
         entry = self.roster.get(frame.sender)
         if entry is None:
             return MessageRejected(frame.group, frame.sender, "sender is not in the roster")
@@ -384,11 +386,18 @@ class ClientProtocol:
             return [MessageRejected(frame.group, frame.inviter, f"invite is for {frame.target!r}")]
         entry = self.roster.get(frame.inviter)
         if entry is None:
-            return [MessageRejected(frame.group, frame.inviter, "inviter is not in the roster")]
+            rejected = MessageRejected(frame.group, frame.inviter, "inviter is not in the roster")
+            if frame.group in self.group_keys:
+                return [rejected]
+            return [rejected, *self._leave_keyless(frame.group)]
         try:
             key = open_invite(frame, self.identity, entry.sign_key)
         except InvalidMessageError as exc:
-            return [MessageRejected(frame.group, frame.inviter, exc.reason)]
+            rejected = MessageRejected(frame.group, frame.inviter, exc.reason)
+            if frame.group in self.group_keys:
+                return [rejected]
+            return [rejected, *self._leave_keyless(frame.group)]
+        self._left.discard(frame.group)
         return [InviteOffer(frame.group, frame.inviter, key)]
 
     def _on_error(self, frame: Error) -> Reply | MessageRejected:
@@ -442,8 +451,8 @@ class ClientProtocol:
         return key
 
     @staticmethod
-    def subscribe(group: str) -> bytes:
-        return encode(Subscribe(group))
+    def subscribe(group: str, *, create: bool = False) -> bytes:
+        return encode(Subscribe(group, create))
 
     @staticmethod
     def unsubscribe(group: str) -> bytes:

@@ -16,6 +16,7 @@ import enum
 import logging
 import secrets
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -53,12 +54,17 @@ from t2t.frames import (
     decode_frame,
     encode,
 )
+from t2t.protocol.login_guard import LoginGuard
 from t2t.protocol.resume import ResumeTokens
 from t2t.protocol.routing import Router, RoutingError
 
 log = logging.getLogger("t2t.relay")
 
 DEFAULT_RESUME_TTL: Final = 7 * 86400  # seconds a resume token stays valid
+# A roster entry is at most about 330 bytes (a 64-character id of 4-byte
+# characters plus two keys), so 10,000 accounts stay under the client's 4 MiB
+# limit on inbound messages.
+DEFAULT_MAX_ACCOUNTS: Final = 10_000
 
 
 class ConnState(enum.Enum):
@@ -144,6 +150,8 @@ class RelayProtocol:
         certificate: The encoded certificate sent in every hello frame.
         store: Durable accounts, groups and roster version.
         resume_ttl: Lifetime of resume tokens in seconds; 0 disables them.
+        max_accounts: Registrations are refused beyond this many accounts. It
+            bounds the roster, which lists every account in one frame.
         now: Unix-time clock for token expiry, replaceable in tests.
     """
 
@@ -154,6 +162,7 @@ class RelayProtocol:
         store: RelayStore,
         *,
         resume_ttl: float = DEFAULT_RESUME_TTL,
+        max_accounts: int = DEFAULT_MAX_ACCOUNTS,
         now: Callable[[], float] = time.time,
     ) -> None:
         self._key = key
@@ -164,6 +173,9 @@ class RelayProtocol:
         self._accounts: dict[str, Account] = {a.user: a for a in store.accounts()}
         self.router = Router(store.memberships())
         self._tokens = ResumeTokens(resume_ttl, now)
+        self._guard = LoginGuard(now)
+        self._checking: dict[int, str] = {}  # conn_id -> user whose password is being checked
+        self._max_accounts = max_accounts
         self.roster_dirty = False
 
     # Connection lifecycle --------------------------------------------------
@@ -260,17 +272,41 @@ class RelayProtocol:
             body = open_login(self._key, session.challenge, frame)
         except CryptoError as exc:
             raise ProtocolError(CLOSE_POLICY_VIOLATION, f"login rejected: {exc}") from None
+        if unicodedata.normalize("NFC", body.user) != body.user:
+            # Two spellings of one visible name would otherwise be two accounts.
+            raise ProtocolError(CLOSE_POLICY_VIOLATION, "user id is not in Unicode NFC form")
         session.user = body.user
         session.pending_identity = PublicIdentity(body.sign_key, body.box_key)
         session.state = ConnState.VERIFYING
         account = self._accounts.get(body.user)
-        if account is None:
-            return [CheckPassword(session.conn_id, body.password, None)]
-        if self._tokens.redeem(body.user, body.resume_token, body.sign_key):
+        if account is not None and self._tokens.redeem(
+            body.user, body.resume_token, body.sign_key, body.password
+        ):
             # The login signature proved possession of the identity key the
             # token was issued to, so the password hash can be skipped.
-            return self._complete_login(session, account, "resume token")
-        return [CheckPassword(session.conn_id, body.password, account.password_hash)]
+            return self._complete_login(session, account, "resume token", body.password)
+        if account is None and len(self._accounts) >= self._max_accounts:
+            return self._refuse(session, f"this relay is full ({self._max_accounts} accounts)")
+        refusal = self._guard.refusal(body.user)
+        if refusal is not None:
+            return self._refuse(session, refusal)
+        self._guard.started(body.user)
+        self._checking[session.conn_id] = body.user
+        stored_hash = None if account is None else account.password_hash
+        return [CheckPassword(session.conn_id, body.password, stored_hash)]
+
+    def check_abandoned(self, conn_id: int) -> None:
+        """Forget a password check that the shell will not run (for example when busy)."""
+        user = self._checking.pop(conn_id, None)
+        if user is not None:
+            self._guard.abandoned(user)
+
+    def _refuse(self, session: _Session, reason: str) -> list[Action]:
+        notice = self._notice(session, "conflict", reason)
+        return [
+            Send(session.conn_id, notice),
+            *self._close(session, CLOSE_POLICY_VIOLATION, f"login rejected: {reason}"),
+        ]
 
     def password_checked(
         self, conn_id: int, *, ok: bool, new_hash: str | None, password: str
@@ -284,6 +320,11 @@ class RelayProtocol:
             password: The password, needed again only if another connection
                 registered the same id while this one was hashing.
         """
+        checked_user = self._checking.pop(conn_id, None)
+        if checked_user is not None:
+            # Count the outcome even if the connection closed meanwhile, or a
+            # guesser could hang up before each answer to dodge the limit.
+            self._guard.finished(checked_user, ok=ok or new_hash is not None)
         session = self._sessions.get(conn_id)
         if session is None or session.state is not ConnState.VERIFYING:
             return []  # closed while the worker thread ran
@@ -295,7 +336,11 @@ class RelayProtocol:
             if account is not None:
                 # Another connection registered this id while we hashed, so
                 # the password must now be checked against that account.
+                self._guard.started(user)
+                self._checking[conn_id] = user
                 return [CheckPassword(conn_id, password, account.password_hash)]
+            if len(self._accounts) >= self._max_accounts:
+                return self._refuse(session, f"this relay is full ({self._max_accounts} accounts)")
             account = Account(user, new_hash, identity)
             self._store.create_account(user, new_hash, identity)
             self._accounts[user] = account
@@ -311,9 +356,11 @@ class RelayProtocol:
                 *self._close(session, CLOSE_POLICY_VIOLATION, "login rejected: wrong password"),
             ]
 
-        return self._complete_login(session, account, "password")
+        return self._complete_login(session, account, "password", password)
 
-    def _complete_login(self, session: _Session, account: Account, method: str) -> list[Action]:
+    def _complete_login(
+        self, session: _Session, account: Account, method: str, password: str
+    ) -> list[Action]:
         conn_id, user, identity = session.conn_id, account.user, session.pending_identity
         assert identity is not None
         actions: list[Action] = []
@@ -339,7 +386,7 @@ class RelayProtocol:
         # accepts only a newer roster: the next debounced publish, which
         # includes this login. So an old signed roster cannot be replayed
         # into a fresh session, and a burst of logins costs one signature.
-        token, expires = self._tokens.issue(user, identity.sign_key)
+        token, expires = self._tokens.issue(user, identity.sign_key, password)
         welcome = WelcomeBody(session.challenge, user, self._store.roster_version(), token, expires)
         actions.append(Send(conn_id, encode(sign_welcome(self._key, welcome))))
         return actions
@@ -369,8 +416,11 @@ class RelayProtocol:
     def _on_subscribe(self, session: _Session, frame: Subscribe) -> list[Action]:
         user = session.user
         assert user is not None
+        if frame.create and unicodedata.normalize("NFC", frame.group) != frame.group:
+            message = "group id is not in Unicode NFC form"
+            return [Send(session.conn_id, encode(Error("invalid-group", message, frame.group)))]
         try:
-            created = self.router.subscribe(frame.group, user, session.conn_id)
+            created = self.router.subscribe(frame.group, user, session.conn_id, create=frame.create)
         except RoutingError as exc:
             return [Send(session.conn_id, encode(Error(exc.code, exc.message, frame.group)))]
         if created:

@@ -10,6 +10,12 @@ fresh challenge; a stolen token file alone does not log anyone in.
 Tokens live only in the relay's memory, so a relay restart invalidates them
 and clients fall back to their password. Each token is single-use: a
 successful resume issues a new one.
+
+The login still carries the password, and a token is accepted only with the
+password it was issued with, compared through an HMAC under a key that
+exists only in this relay process. So a wrong password fails as before (it
+falls through to the argon2id check), and nothing that leaves the relay
+helps anyone guess passwords faster than argon2id allows.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ TOKEN_SIZE: Final = 32  # bytes
 class _Issued:
     digest: bytes  # SHA-256 of the token: the relay keeps no usable copy
     sign_key: bytes  # the identity key the token is bound to
+    password_mac: bytes  # HMAC of token and password under this process's key
     expires: float  # Unix time
 
 
@@ -45,8 +52,12 @@ class ResumeTokens:
         self._ttl = ttl
         self._now = now
         self._issued: dict[str, _Issued] = {}
+        self._mac_key = secrets.token_bytes(32)
 
-    def issue(self, user: str, sign_key: bytes) -> tuple[bytes, int]:
+    def _password_mac(self, token: bytes, password: str) -> bytes:
+        return hmac.new(self._mac_key, token + password.encode("utf-8"), hashlib.sha256).digest()
+
+    def issue(self, user: str, sign_key: bytes, password: str) -> tuple[bytes, int]:
         """Return a new token for ``user`` and its expiry time, replacing any older one.
 
         Returns ``(b"", 0)`` when tokens are disabled.
@@ -55,11 +66,16 @@ class ResumeTokens:
             return b"", 0
         token = secrets.token_bytes(TOKEN_SIZE)
         expires = self._now() + self._ttl
-        self._issued[user] = _Issued(hashlib.sha256(token).digest(), sign_key, expires)
+        self._issued[user] = _Issued(
+            hashlib.sha256(token).digest(),
+            sign_key,
+            self._password_mac(token, password),
+            expires,
+        )
         return token, int(expires)
 
-    def redeem(self, user: str, token: bytes, sign_key: bytes) -> bool:
-        """Consume ``token`` and return whether it is valid for this user and identity key."""
+    def redeem(self, user: str, token: bytes, sign_key: bytes, password: str) -> bool:
+        """Consume ``token``; return whether it is valid for this user, key and password."""
         issued = self._issued.get(user)
         if issued is None or not token:
             return False
@@ -67,7 +83,5 @@ class ResumeTokens:
         if not hmac.compare_digest(digest, issued.digest):
             return False
         del self._issued[user]
-        return issued.sign_key == sign_key and self._now() < issued.expires
-
-    def revoke(self, user: str) -> None:
-        self._issued.pop(user, None)
+        password_ok = hmac.compare_digest(self._password_mac(token, password), issued.password_mac)
+        return password_ok and issued.sign_key == sign_key and self._now() < issued.expires

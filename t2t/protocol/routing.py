@@ -34,21 +34,29 @@ class Router:
     def is_member(self, group: str, user: str) -> bool:
         return user in self._members.get(group, ())
 
-    def subscribe(self, group: str, user: str, conn_id: int) -> bool:
-        """Subscribe ``user``'s connection to ``group``.
+    def subscribe(self, group: str, user: str, conn_id: int, *, create: bool = False) -> bool:
+        """Subscribe ``user``'s connection to ``group``, creating it if ``create``.
 
         Returns:
-            True if the group did not exist and was created with ``user`` as
-            its only member; the caller persists that.
+            True if the group was created with ``user`` as its only member;
+            the caller persists that.
 
         Raises:
-            RoutingError: ``not-a-member`` if the group exists and ``user`` was
-                never invited to it.
+            RoutingError: ``group-exists`` when asked to create an existing
+                group, ``unknown-group`` when asked to subscribe to a missing
+                one, and ``not-a-member`` if ``user`` was never invited.
         """
         members = self._members.get(group)
-        created = members is None
-        if members is None:
-            members = self._members[group] = {user}
+        if create:
+            if members is not None:
+                raise RoutingError(
+                    "group-exists",
+                    f"group {group!r} already exists; ask a member to invite you "
+                    "or pick another group id",
+                )
+            self._members[group] = {user}
+        elif members is None:
+            raise RoutingError("unknown-group", f"group {group!r} does not exist")
         elif user not in members:
             raise RoutingError(
                 "not-a-member",
@@ -56,7 +64,7 @@ class Router:
             )
         self._subscribers.setdefault(group, {})[user] = conn_id
         self._subscriptions.setdefault(user, set()).add(group)
-        return created
+        return create
 
     def unsubscribe(self, group: str, user: str) -> None:
         subscribers = self._subscribers.get(group)

@@ -24,6 +24,15 @@ EXIT_SETUP_ERROR = 2
 SHUTDOWN_GRACE = 4.0  # seconds for connections to close after SIGINT/SIGTERM
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults in --help, except for options without one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = RelayConfig()
     parser = argparse.ArgumentParser(
@@ -32,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Run a t2t relay. It routes end-to-end encrypted group messages between "
             "clients and never sees their plaintext. Stop it with Ctrl-C or SIGTERM."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     net = parser.add_argument_group("network")
     net.add_argument(
@@ -119,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=defaults.roster_debounce,
         help="seconds to gather roster changes before pushing one update",
+    )
+    limits.add_argument(
+        "--max-accounts",
+        type=int,
+        default=defaults.max_accounts,
+        help="registrations beyond this many accounts are refused; the roster lists them all",
+    )
+    limits.add_argument(
+        "--max-pending-logins",
+        type=int,
+        default=defaults.max_pending_logins,
+        help="password checks queued at once; further logins are refused with close code 1013",
     )
     limits.add_argument(
         "--resume-ttl",
@@ -220,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             roster_debounce=args.roster_debounce,
             hash_threads=args.hash_threads,
             resume_ttl=args.resume_ttl,
+            max_accounts=args.max_accounts,
+            max_pending_logins=args.max_pending_logins,
             hash_cost=HashCost(args.hash_ops, args.hash_memory * MIB),
             ssl_context=_ssl_context(args),
         )

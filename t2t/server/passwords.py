@@ -19,6 +19,11 @@ import nacl.pwhash
 MIB: Final = 1024 * 1024
 DEFAULT_OPSLIMIT: Final = 2
 DEFAULT_MEMLIMIT: Final = 19 * MIB
+# Upper bounds: a hash runs shielded from cancellation, so a cost far above
+# libsodium's "sensitive" level (4 passes, 1 GiB) would stall logins and
+# shutdown for minutes.
+MAX_OPSLIMIT: Final = 10
+MAX_MEMLIMIT: Final = 1024 * MIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,15 +34,17 @@ class HashCost:
     memlimit: int = DEFAULT_MEMLIMIT
 
     def __post_init__(self) -> None:
-        if self.opslimit < nacl.pwhash.argon2id.OPSLIMIT_MIN:
+        low_ops = nacl.pwhash.argon2id.OPSLIMIT_MIN
+        if not low_ops <= self.opslimit <= MAX_OPSLIMIT:
             raise ValueError(
-                f"argon2id opslimit must be at least {nacl.pwhash.argon2id.OPSLIMIT_MIN}, "
+                f"argon2id passes (--hash-ops) must be between {low_ops} and {MAX_OPSLIMIT}, "
                 f"got {self.opslimit}"
             )
-        if self.memlimit < nacl.pwhash.argon2id.MEMLIMIT_MIN:
+        low_memory = nacl.pwhash.argon2id.MEMLIMIT_MIN
+        if not low_memory <= self.memlimit <= MAX_MEMLIMIT:
             raise ValueError(
-                f"argon2id memlimit must be at least {nacl.pwhash.argon2id.MEMLIMIT_MIN} bytes, "
-                f"got {self.memlimit}"
+                f"argon2id memory (--hash-memory) must be between {low_memory // 1024} KiB "
+                f"and {MAX_MEMLIMIT // MIB} MiB, got {self.memlimit / MIB:g} MiB"
             )
 
 

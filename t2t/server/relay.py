@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import logging
 import math
+import sqlite3
 import ssl
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,9 +37,11 @@ from t2t.errors import (
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
+    CLOSE_TRY_AGAIN_LATER,
     close_details,
 )
 from t2t.protocol.relay import (
+    DEFAULT_MAX_ACCOUNTS,
     DEFAULT_RESUME_TTL,
     CheckPassword,
     Close,
@@ -63,7 +66,9 @@ class RelayConfig:
     port: int = 8765  # 0 picks a free port; see Relay.port
     max_message_size: int = 64 * KIB  # larger inbound messages close with 1009
     queue_size: int = 256  # outbound frames queued per connection
-    send_timeout: float = 10.0  # a queue full for this long drops its connection as slow
+    send_timeout: float = 5.0  # a queue full for this long drops its connection as slow
+    max_pending_logins: int = 64  # password checks queued at once; more are refused with 1013
+    max_accounts: int = DEFAULT_MAX_ACCOUNTS  # registrations beyond this are refused
     idle_timeout: float = 60.0  # close a connection that sends nothing for this long
     login_timeout: float = 10.0  # close a connection that has not logged in by then
     close_timeout: float = 2.0  # how long a closing handshake may take
@@ -90,6 +95,12 @@ class RelayConfig:
             )
         if self.queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {self.queue_size}")
+        if self.max_accounts < 1:
+            raise ValueError(f"max_accounts must be at least 1, got {self.max_accounts}")
+        if self.max_pending_logins < 1:
+            raise ValueError(
+                f"max_pending_logins must be at least 1, got {self.max_pending_logins}"
+            )
         if self.hash_threads < 1:
             raise ValueError(f"hash_threads must be at least 1, got {self.hash_threads}")
         if not 0 <= self.port <= 65535:
@@ -174,7 +185,13 @@ class Relay:
         self, config: RelayConfig, key: KeyPair, certificate: bytes, store: RelayStore
     ) -> None:
         self.config = config
-        self.protocol = RelayProtocol(key, certificate, store, resume_ttl=config.resume_ttl)
+        self.protocol = RelayProtocol(
+            key,
+            certificate,
+            store,
+            resume_ttl=config.resume_ttl,
+            max_accounts=config.max_accounts,
+        )
         self.port: int | None = None
         self._key = key
         self._connections: dict[int, _Connection] = {}
@@ -183,7 +200,8 @@ class Relay:
         self._roster_changed = trio.Event()
         self._shutting_down = False
         self._all_closed = trio.Event()
-        self.rejected_frames: Counter[str] = Counter()  # close reason -> count, for operators
+        self.rejected_frames: Counter[int] = Counter()  # close code -> connections closed with it
+        self._pending_hashes = 0  # password checks queued or running
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept connections until cancelled, then close each one with 1001.
@@ -193,7 +211,7 @@ class Relay:
         config = self.config
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._publish_rosters)
+                nursery.start_soon(self._publish_rosters, nursery)
                 server = await nursery.start(
                     lambda task_status: serve_websocket(
                         self._handle,
@@ -314,6 +332,9 @@ class Relay:
     async def _apply(self, conn: _Connection, actions: list[Send | Close | CheckPassword]) -> None:
         pending = list(actions)
         last_data, last_wire = b"", b""
+        # One deadline for all the sends of this batch, so that several
+        # stalled recipients delay the sender by send_timeout in total.
+        deadline = trio.current_time() + self.config.send_timeout
         while pending:
             action = pending.pop(0)
             match action:
@@ -321,48 +342,70 @@ class Relay:
                     # A fanout is a run of sends of one payload: frame it once.
                     if data is not last_data:
                         last_data, last_wire = data, frame_binary(data)
-                    await self._send(conn_id, data, last_wire)
+                    await self._send(conn_id, data, last_wire, deadline)
                 case Close(conn_id, code, reason):
                     self._close(conn_id, code, reason)
                 case CheckPassword():
+                    if self._pending_hashes >= self.config.max_pending_logins:
+                        self.protocol.check_abandoned(action.conn_id)
+                        self._close(
+                            action.conn_id,
+                            CLOSE_TRY_AGAIN_LATER,
+                            "relay busy: too many logins in progress; try again later",
+                        )
+                        continue
                     pending.extend(await self._check_password(action))
+                    deadline = trio.current_time() + self.config.send_timeout
         if self.protocol.roster_dirty:
             self._roster_changed.set()
 
     async def _check_password(self, action: CheckPassword) -> list[Send | Close | CheckPassword]:
         cost = self.config.hash_cost
         password = action.password
-        if action.password_hash is None:
-            new_hash = await trio.to_thread.run_sync(
-                hash_password, password, cost, limiter=self._hash_limiter
-            )
-            return self.protocol.password_checked(
-                action.conn_id, ok=True, new_hash=new_hash, password=password
-            )
-        ok = await trio.to_thread.run_sync(
-            verify_password, action.password_hash, password, limiter=self._hash_limiter
-        )
+        self._pending_hashes += 1
+        try:
+            # Shielded: the outcome must reach the protocol even if the
+            # connection closes meanwhile, so failed guesses are counted.
+            with trio.CancelScope(shield=True):
+                if action.password_hash is None:
+                    new_hash = await trio.to_thread.run_sync(
+                        hash_password, password, cost, limiter=self._hash_limiter
+                    )
+                    ok = True
+                else:
+                    new_hash = None
+                    ok = await trio.to_thread.run_sync(
+                        verify_password, action.password_hash, password, limiter=self._hash_limiter
+                    )
+        finally:
+            self._pending_hashes -= 1
         return self.protocol.password_checked(
-            action.conn_id, ok=ok, new_hash=None, password=password
+            action.conn_id, ok=ok, new_hash=new_hash, password=password
         )
 
-    async def _send(self, conn_id: int, data: bytes, wire: bytes | None = None) -> None:
+    async def _send(
+        self, conn_id: int, data: bytes, wire: bytes | None = None, deadline: float | None = None
+    ) -> None:
         """Queue ``data`` for a connection, waiting while its queue is full.
 
         Waiting here stalls the task that produced the frame (usually the
         sender's reader), which stops reading from the sender: that is the
-        backpressure a fast sender feels. A queue that stays full for
-        ``send_timeout`` seconds belongs to a peer that is not reading, so
-        that peer is dropped and memory stays bounded.
+        backpressure a fast sender feels. A queue still full at ``deadline``
+        (``send_timeout`` from now by default) belongs to a peer that is not
+        reading, so that peer is dropped and memory stays bounded.
         """
         conn = self._connections.get(conn_id)
         if conn is None or conn.enqueue(data, wire):
             return
-        with trio.move_on_after(self.config.send_timeout):
+        if deadline is None:
+            deadline = trio.current_time() + self.config.send_timeout
+        with trio.move_on_at(deadline):
             # Broken or closed: the connection closed while we waited.
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await conn.outbox_send.send(conn.item_for(data, wire))
             return
+        if conn.closing:
+            return  # another task already dropped it
         log.warning(
             "dropping slow consumer conn=%d user=%s queued_frames=%d send_timeout=%gs",
             conn_id,
@@ -370,7 +413,7 @@ class Relay:
             self.config.queue_size,
             self.config.send_timeout,
         )
-        self.rejected_frames["slow consumer"] += 1
+        self.rejected_frames[CLOSE_POLICY_VIOLATION] += 1
         conn.abort(
             CLOSE_POLICY_VIOLATION,
             f"slow consumer: {self.config.queue_size} frames queued "
@@ -386,7 +429,7 @@ class Relay:
         conn.close(code, reason)
 
     def _log_rejection(self, conn_id: int, code: int, reason: str) -> None:
-        self.rejected_frames[reason.split(":", 1)[0]] += 1
+        self.rejected_frames[code] += 1
         log.warning(
             "rejected frame conn=%d user=%s code=%d reason=%r",
             conn_id,
@@ -465,18 +508,29 @@ class Relay:
 
     # Roster --------------------------------------------------------------------
 
-    async def _publish_rosters(self) -> None:
+    async def _publish_rosters(self, nursery: trio.Nursery) -> None:
         while True:
             await self._roster_changed.wait()
             # Gather a burst of logins and logouts into one push.
             await trio.sleep(self.config.roster_debounce)
             self._roster_changed = trio.Event()
-            frame = self.protocol.publish_roster()
+            try:
+                frame = self.protocol.publish_roster()
+            except sqlite3.Error as exc:
+                log.error("cannot store the roster version, retrying in 1 s: %s", exc)
+                self.protocol.roster_dirty = True
+                self._roster_changed.set()
+                await trio.sleep(1)
+                continue
             if frame is None:
                 continue
             wire = frame_binary(frame)
             for conn_id in self.protocol.active_connections():
-                await self._send(conn_id, frame, wire)
+                conn = self._connections.get(conn_id)
+                if conn is not None and not conn.enqueue(frame, wire):
+                    # Never wait here: one stalled peer must not hold up the
+                    # roster, and with it every login, for everyone else.
+                    nursery.start_soon(self._send, conn_id, frame, wire)
 
 
 def _option(field_name: str) -> str:

@@ -18,6 +18,7 @@ slow step of a login, runs in a worker thread instead (see
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Final
 
@@ -131,14 +132,21 @@ class Store:
     # Roster version --------------------------------------------------------
 
     def next_roster_version(self) -> int:
-        """Increment and return the roster version, which survives restarts.
+        """Increase and return the roster version, which survives restarts.
 
         Clients reject a roster whose version is not newer than the last one
-        they accepted, so the counter must never go back.
+        they accepted, so the counter must never go back. With
+        ``synchronous=NORMAL`` an OS crash can undo the last increments, so
+        the version is also at least the current time in milliseconds: it
+        keeps growing as long as the clock does not jump back.
         """
+        now_ms = int(time.time() * 1000)
         with self._db:
             self._db.execute("BEGIN")
-            self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'roster_version'")
+            self._db.execute(
+                "UPDATE meta SET value = max(value + 1, ?) WHERE key = 'roster_version'",
+                (now_ms,),
+            )
             (version,) = self._db.execute(
                 "SELECT value FROM meta WHERE key = 'roster_version'"
             ).fetchone()
