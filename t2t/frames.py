@@ -291,10 +291,11 @@ def encode(value: msgspec.Struct) -> bytes:
     return _encoder.encode(value)
 
 
-NAME_RULE: Final = (
-    f"1 to {MAX_NAME_LENGTH} characters in Unicode NFC form, without spaces, "
-    "control characters, invisible characters, / or \\"
+PATTERN_RULE: Final = (
+    f"1 to {MAX_NAME_LENGTH} characters without spaces, control characters, "
+    "invisible characters, / or \\"
 )
+NAME_RULE: Final = f"{PATTERN_RULE}, in Unicode NFC form"
 
 
 def validate_name(value: str, what: str) -> None:
@@ -329,5 +330,5 @@ def decode_frame(data: bytes | bytearray | memoryview | str) -> Frame:
         if "matching regex" in message:
             # The raw pattern is unreadable in a close reason; state the rule.
             where = message.rsplit(" - at ", 1)[-1] if " - at " in message else "a field"
-            message = f"invalid id at {where}: use {NAME_RULE}"
+            message = f"invalid id at {where}: use {PATTERN_RULE}"
         raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"invalid frame: {message}") from None

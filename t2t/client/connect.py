@@ -71,7 +71,8 @@ async def connect(
         user: Our user id; the first login registers it.
         password: Our password. It is sealed to the relay's certified key.
         ca: The CA public key file that signed the relay certificate.
-        state_dir: Folder for ``identity.key`` and ``group_keys.json``
+        state_dir: Folder for ``identity.key``, ``group_keys.json`` and
+            ``resume.json``
             (created with mode 0600). Defaults to ``./t2t-<user>``.
         key_file, group_keys_file: Override the two file paths.
         relay_name: The name the certificate must carry; defaults to the

@@ -454,8 +454,9 @@ class ClientProtocol:
     def subscribe(group: str, *, create: bool = False) -> bytes:
         return encode(Subscribe(group, create))
 
-    @staticmethod
-    def unsubscribe(group: str) -> bytes:
+    def unsubscribe(self, group: str) -> bytes:
+        """Return an Unsubscribe frame and remember that we left ``group``."""
+        self._left.add(group)
         return encode(Unsubscribe(group))
 
     @staticmethod

@@ -274,7 +274,9 @@ class RelayProtocol:
             raise ProtocolError(CLOSE_POLICY_VIOLATION, f"login rejected: {exc}") from None
         if unicodedata.normalize("NFC", body.user) != body.user:
             # Two spellings of one visible name would otherwise be two accounts.
-            raise ProtocolError(CLOSE_POLICY_VIOLATION, "user id is not in Unicode NFC form")
+            raise ProtocolError(
+                CLOSE_POLICY_VIOLATION, "login rejected: user id is not in Unicode NFC form"
+            )
         session.user = body.user
         session.pending_identity = PublicIdentity(body.sign_key, body.box_key)
         session.state = ConnState.VERIFYING

@@ -108,7 +108,7 @@ class Router:
         members = self._members.get(group)
         if members is None:
             raise RoutingError(
-                "unknown-group", f"group {group!r} does not exist; subscribe to it to create it"
+                "unknown-group", f"group {group!r} does not exist; create it by inviting someone"
             )
         if inviter not in members:
             raise RoutingError("not-a-member", f"you are not a member of group {group!r}")

@@ -124,6 +124,7 @@ class _Connection:
         self.closing = False
         self.last_received = trio.current_time()
         self.raw = raw_writer_for(ws)
+        self.pending_roster: tuple[bytes, bytes] | None = None  # newest roster awaiting room
 
     def item_for(self, data: bytes, wire: bytes | None = None) -> bytes:
         """Return what the writer expects: framed bytes on the fast path, else the payload.
@@ -527,10 +528,21 @@ class Relay:
             wire = frame_binary(frame)
             for conn_id in self.protocol.active_connections():
                 conn = self._connections.get(conn_id)
-                if conn is not None and not conn.enqueue(frame, wire):
-                    # Never wait here: one stalled peer must not hold up the
-                    # roster, and with it every login, for everyone else.
-                    nursery.start_soon(self._send, conn_id, frame, wire)
+                if conn is None or conn.enqueue(frame, wire):
+                    continue
+                # Never wait here: one stalled peer must not hold up the
+                # roster, and with it every login, for everyone else. One
+                # task per connection delivers only the newest roster.
+                if conn.pending_roster is None:
+                    nursery.start_soon(self._deliver_roster, conn)
+                conn.pending_roster = (frame, wire)
+
+    async def _deliver_roster(self, conn: _Connection) -> None:
+        while conn.pending_roster is not None and not conn.closing:
+            frame, wire = conn.pending_roster
+            await self._send(conn.conn_id, frame, wire)
+            if conn.pending_roster == (frame, wire):
+                conn.pending_roster = None
 
 
 def _option(field_name: str) -> str:
