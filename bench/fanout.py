@@ -43,6 +43,7 @@ class FanoutParams:
     body_size: int = 64  # bytes of text per message
     rate: float | None = None  # total messages per second; None for blast
     window: int = 64  # unacknowledged messages per sender (t2t relay only)
+    full_receivers: int | None = None  # client mode: receivers that run the full client
 
     def __post_init__(self) -> None:
         if self.members < 2:
@@ -53,6 +54,13 @@ class FanoutParams:
             raise ValueError(f"--messages must be at least 1, got {self.messages}")
         if self.body_size < 16:
             raise ValueError(f"--body-size must be at least 16 bytes, got {self.body_size}")
+        if self.full_receivers is not None and not (
+            1 <= self.full_receivers <= self.members - self.senders
+        ):
+            raise ValueError(
+                "--full-receivers must be between 1 and members - senders, "
+                f"got {self.full_receivers}"
+            )
         if self.rate is not None and self.rate <= 0:
             raise ValueError(f"--rate must be positive, got {self.rate}")
 
@@ -135,6 +143,7 @@ def _metrics(
         "deliveries": tally.deliveries,
         "lost": tally.expected - unique,
         "duplicated": tally.deliveries - unique,
+        "latencies_ms": [latency * 1000 for latency in tally.latencies],
     }
 
 
@@ -175,7 +184,7 @@ async def run_raw(kind: str, params: FanoutParams, progress: Progress) -> dict[s
                 await nursery.start(member, i) for i in range(params.members)
             ]
             if kind == "t2t":
-                await members[0].subscribe(GROUP)
+                await members[0].create_group(GROUP)
                 for other in members[1:]:
                     await members[0].invite(other.user, GROUP)
 
@@ -192,7 +201,9 @@ async def run_raw(kind: str, params: FanoutParams, progress: Progress) -> dict[s
                         )
                         await client.send(frame)
 
-                    senders.start_soon(partial(_pace, pipelined=False), params, sender, send_one, tally)
+                    senders.start_soon(
+                        partial(_pace, pipelined=False), params, sender, send_one, tally
+                    )
             await _await_deliveries(tally)
             metrics = _metrics(params, tally, relay, cpu_before)
             nursery.cancel_scope.cancel()
@@ -200,13 +211,27 @@ async def run_raw(kind: str, params: FanoutParams, progress: Progress) -> dict[s
 
 
 async def run_client(params: FanoutParams, progress: Progress) -> dict[str, Any]:
-    """Run fanout with the public t2t client, crypto included, against the t2t relay."""
+    """Run fanout with the public t2t client, crypto included, against the t2t relay.
+
+    The senders are full clients. With ``full_receivers`` set, only that many
+    receivers are full clients too and the rest are raw-frame clients: one
+    load process cannot give every receiver its own CPU the way separate
+    devices would, and verifying each message N-1 times in one process
+    would measure the load generator instead of the system. Latency then
+    comes from the full receivers only; loss and duplicates from all.
+    """
     tally = _Tally(
         params.expected, advance=progress.task("fanout client, t2t relay", params.expected)
     )
+    full = (
+        params.members if params.full_receivers is None else params.senders + params.full_receivers
+    )
+    sent_ids: dict[bytes, tuple[int, int]] = {}
+    raw_receipts: list[tuple[bytes, int, float]] = []
 
     async with run_relay("t2t") as relay, trio.open_nursery() as nursery:
-        assert relay.ca_file is not None
+        ca_file = relay.ca_file
+        assert ca_file is not None
         with tempfile.TemporaryDirectory() as state:
 
             async def member(index: int, task_status: Any) -> None:
@@ -214,7 +239,7 @@ async def run_client(params: FanoutParams, progress: Progress) -> dict[str, Any]
                     relay.url,
                     user=f"member{index}",
                     password=f"bench-member{index}",
-                    ca=relay.ca_file,
+                    ca=ca_file,
                     state_dir=Path(state) / f"member{index}",
                     window=params.window,
                 ) as client:
@@ -227,11 +252,31 @@ async def run_client(params: FanoutParams, progress: Progress) -> dict[str, Any]
                     task_status.started(client)
                     await trio.sleep_forever()
 
-            members: list[t2t.Client] = [
-                await nursery.start(member, i) for i in range(params.members)
+            async def raw_member(index: int, task_status: Any) -> None:
+                async with raw_session(
+                    relay.url,
+                    f"member{index}",
+                    ca_file=relay.ca_file,
+                    state_dir=Path(state),
+                    window=None,
+                ) as client:
+
+                    def on_message(msg_id: bytes, at: float) -> None:
+                        raw_receipts.append((msg_id, index, at))
+                        tally.deliveries += 1
+                        tally.last_receive = at
+                        tally.advance()
+
+                    client.on_message = on_message
+                    task_status.started(client)
+                    await client.read()
+
+            members: list[t2t.Client] = [await nursery.start(member, i) for i in range(full)]
+            raw_users = [
+                (await nursery.start(raw_member, i)).user for i in range(full, params.members)
             ]
-            for other in members[1:]:
-                await members[0].invite(other.user, GROUP)
+            for user in [other.user for other in members[1:]] + raw_users:
+                await members[0].invite(user, GROUP)
 
             cpu_before = relay.cpu_seconds()
             relay.reset_peak_rss()
@@ -242,10 +287,17 @@ async def run_client(params: FanoutParams, progress: Progress) -> dict[str, Any]
                     async def send_one(sequence: int, sender: int = sender) -> None:
                         prefix = f"{sender}:{sequence}:"
                         text = prefix + "x" * max(0, params.body_size - len(prefix))
-                        await members[sender].send(GROUP, text)
+                        msg_id = await members[sender].send(GROUP, text)
+                        sent_ids[msg_id] = (sender, sequence)
 
-                    senders.start_soon(partial(_pace, pipelined=True), params, sender, send_one, tally)
+                    senders.start_soon(
+                        partial(_pace, pipelined=True), params, sender, send_one, tally
+                    )
             await _await_deliveries(tally)
+            for msg_id, receiver, _ in raw_receipts:
+                sender, sequence = sent_ids.get(msg_id, (-1, -1))
+                tally.received[(sender, sequence, receiver)] += 1
             metrics = _metrics(params, tally, relay, cpu_before)
+            metrics["full_receivers"] = full - params.senders
             nursery.cancel_scope.cancel()
     return metrics

@@ -66,8 +66,8 @@ class RawClient:
         with trio.fail_after(30):
             await event.wait()
 
-    async def subscribe(self, group: str) -> None:
-        await self.request(("subscribe", group), encode(Subscribe(group)))
+    async def create_group(self, group: str) -> None:
+        await self.request(("subscribe", group), encode(Subscribe(group, create=True)))
 
     async def invite(self, target: str, group: str) -> None:
         # The relay checks membership, not cryptography, so filler bytes do.

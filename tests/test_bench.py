@@ -52,7 +52,7 @@ FANOUT_KEYS = {
 LOGIN_KEYS = {
     "clients",
     "failed_logins",
-    "refused_logins",
+    "busy_rejections",
     "seconds_to_all_online",
     "logins_per_s",
     "median_login_s",
@@ -238,9 +238,9 @@ def test_plot_command_redraws_saved_results(tmp_path: Path):
 
 def test_quantiles_keep_ends():
     values = [float(v) for v in range(10_000, 0, -1)]
-    kept = _quantiles(values, points=101)
-    assert len(kept) == 101
-    assert kept[0] == 1.0
-    assert kept[-1] == 10_000.0
-    assert kept == sorted(kept)
+    quantiles = _quantiles(values, points=101)
+    assert len(quantiles) == 101
+    assert quantiles[0] == 1.0
+    assert quantiles[-1] == 10_000.0
+    assert quantiles == sorted(quantiles)
     assert _quantiles([3.0, 1.0], points=101) == [1.0, 3.0]

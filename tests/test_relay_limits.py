@@ -535,3 +535,19 @@ class TestTimeouts:
         assert quiet_reason.code == CLOSE_NORMAL
         assert alive_closed is None
         assert connections == 1
+
+
+# Closing races ------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_enqueue_after_writer_stopped():
+    # A roster push or fanout can reach a connection whose writer has just
+    # closed its queue; that must not raise into the relay's nursery.
+    from t2t.server.relay import _Connection
+
+    conn = _Connection(1, object(), queue_size=4)  # type: ignore[arg-type]
+    await conn.outbox_receive.aclose()
+
+    assert conn.enqueue(b"frame")
+    assert conn.closing

@@ -144,6 +144,10 @@ class _Connection:
             self.outbox_send.send_nowait(self.item_for(data, wire))
         except trio.WouldBlock:
             return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The writer has already stopped: the connection is closing and
+            # the frame has nowhere to go, which is no error of the sender's.
+            self.closing = True
         return True
 
     def close(self, code: int, reason: str) -> None:
