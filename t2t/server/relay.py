@@ -65,7 +65,10 @@ class RelayConfig:
     host: str = "127.0.0.1"
     port: int = 8765  # 0 picks a free port; see Relay.port
     max_message_size: int = 64 * KIB  # larger inbound messages close with 1009
-    queue_size: int = 256  # outbound frames queued per connection
+    # Outbound frames queued per connection. A short queue keeps latency low
+    # under overload: once it is full the sender's reader waits, and the
+    # wait reaches the sender through its window of unacknowledged messages.
+    queue_size: int = 32
     send_timeout: float = 5.0  # a queue full for this long drops its connection as slow
     max_pending_logins: int = 64  # password checks queued at once; more are refused with 1013
     max_accounts: int = DEFAULT_MAX_ACCOUNTS  # registrations beyond this are refused
