@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -417,8 +420,17 @@ def _run_all(args: argparse.Namespace) -> int:
     return status
 
 
+def _forward_to_sigint(signum: int, frame: object) -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command line; return the exit status (2 for invalid options)."""
+    # Turn SIGTERM (timeout, CI cancellation) into SIGINT, which trio turns
+    # into KeyboardInterrupt at a safe point, so the cleanup that stops the
+    # relay process runs instead of orphaning it.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _forward_to_sigint)
     arguments = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(arguments)
     if args.scenario in ("all", "standard"):

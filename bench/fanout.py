@@ -18,6 +18,7 @@ is paced by TCP alone.
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from bench.common import Progress, RelayProcess, latency_summary, run_relay
 from bench.raw import RawClient, message_id, raw_session
 
 GROUP = "bench"
+MAX_BODY_SIZE = 60_000  # bytes; the encrypted frame must stay under the relay's 64 KiB limit
 SETTLE_SECONDS = 3.0  # wait this long without a new delivery before counting the rest as lost
 
 
@@ -61,7 +63,14 @@ class FanoutParams:
                 "--full-receivers must be between 1 and members - senders, "
                 f"got {self.full_receivers}"
             )
-        if self.rate is not None and self.rate <= 0:
+        if self.window < 1:
+            raise ValueError(f"--window must be at least 1, got {self.window}")
+        if self.body_size > MAX_BODY_SIZE:
+            raise ValueError(
+                f"--body-size must be at most {MAX_BODY_SIZE} bytes to fit the relay's "
+                f"64 KiB message limit, got {self.body_size}"
+            )
+        if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
             raise ValueError(f"--rate must be positive, got {self.rate}")
 
     @property
@@ -104,14 +113,27 @@ async def _pace(
     """
     interval = None if params.rate is None else params.senders / params.rate
     start = trio.current_time()
+    # Pipelined sends take a window slot before their time is recorded, so a
+    # blast measures the system, not the sender's own backlog of unstarted
+    # sends: like the client's send(), the sender waits while the window is full.
+    slots = trio.Semaphore(params.window)
+
+    async def send_in_slot(sequence: int) -> None:
+        try:
+            await send_one(sequence)
+        finally:
+            slots.release()
+
     async with trio.open_nursery() as nursery:
         for sequence in range(params.messages):
             if interval is not None:
                 await trio.sleep_until(start + sequence * interval)
-            tally.sent[(sender, sequence)] = trio.current_time()
             if pipelined:
-                nursery.start_soon(send_one, sequence)
+                await slots.acquire()
+                tally.sent[(sender, sequence)] = trio.current_time()
+                nursery.start_soon(send_in_slot, sequence)
             else:
+                tally.sent[(sender, sequence)] = trio.current_time()
                 await send_one(sequence)
     tally.last_send = max(tally.last_send, trio.current_time())
 

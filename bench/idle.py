@@ -32,6 +32,7 @@ K, K is reduced and the result notes it.
 
 from __future__ import annotations
 
+import math
 import resource
 import statistics
 import sys
@@ -67,8 +68,8 @@ class IdleParams:
     def __post_init__(self) -> None:
         if self.connections < 1:
             raise ValueError(f"--connections must be at least 1, got {self.connections}")
-        if self.seconds <= 0:
-            raise ValueError(f"--seconds must be positive, got {self.seconds}")
+        if not (math.isfinite(self.seconds) and self.seconds > 0):
+            raise ValueError(f"--seconds must be a positive number, got {self.seconds}")
         if not 0 < self.heartbeat < RELAY_IDLE_TIMEOUT:
             raise ValueError(
                 f"--heartbeat must be between 0 and the relay's idle timeout of "
@@ -78,7 +79,7 @@ class IdleParams:
             raise ValueError(
                 f"--login-concurrency must be at least 1, got {self.login_concurrency}"
             )
-        if self.roster_debounce < 0:
+        if not (math.isfinite(self.roster_debounce) and self.roster_debounce >= 0):
             raise ValueError(f"--roster-debounce must not be negative, got {self.roster_debounce}")
 
 

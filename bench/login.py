@@ -38,6 +38,7 @@ disconnect) are not counted either.
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import tempfile
@@ -93,7 +94,9 @@ class LoginParams:
             if value is not None and value < 1:
                 option = "--" + name.replace("_", "-")
                 raise ValueError(f"{option} must be at least 1, got {value}")
-        if self.resume_ttl is not None and self.resume_ttl < 0:
+        if self.resume_ttl is not None and not (
+            math.isfinite(self.resume_ttl) and self.resume_ttl >= 0
+        ):
             raise ValueError(f"--resume-ttl must not be negative, got {self.resume_ttl}")
 
     def relay_args(self) -> list[str]:
