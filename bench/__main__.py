@@ -438,7 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario == "plot":
         from bench import plots
 
-        _write_plots([plots.load_result(path) for path in args.files], args.out)
+        try:
+            results = [plots.load_result(path) for path in args.files]
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        _write_plots(results, args.out)
         return 0
     try:
         params = _params(args)

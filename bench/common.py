@@ -201,7 +201,8 @@ class Result:
     rows: list[dict[str, Any]] = field(default_factory=list)  # one per relay or variant
     notes: list[str] = field(default_factory=list)
     command: str = field(default_factory=lambda: " ".join(["python", "-m", "bench", *sys.argv[1:]]))
-    started_at: str = field(
+    # Set when the result is built, which is when the run has finished.
+    finished_at: str = field(
         default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     )
     machine: dict[str, Any] = field(default_factory=machine_info)
@@ -209,8 +210,12 @@ class Result:
 
     def write_json(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        stamp = self.started_at.replace(":", "").replace("-", "")
+        stamp = self.finished_at.replace(":", "").replace("-", "")
         path = folder / f"{self.scenario}-{stamp}.json"
+        copy = 1
+        while path.exists():  # two runs that finish in the same second
+            copy += 1
+            path = folder / f"{self.scenario}-{stamp}-{copy}.json"
         path.write_text(json.dumps(asdict(self), indent=2, default=str) + "\n")
         return path
 

@@ -7,6 +7,7 @@ data for that plot. :func:`plot_result` picks the plots for one result.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ def _pyplot() -> Any:
 
 
 def _stamp(result: Result) -> str:
-    return result.started_at.replace(":", "").replace("-", "")
+    return result.finished_at.replace(":", "").replace("-", "")
 
 
 def _save(plt: Any, figure: Any, path: Path) -> Path:
@@ -37,8 +38,25 @@ def _save(plt: Any, figure: Any, path: Path) -> Path:
 
 
 def load_result(path: Path) -> Result:
-    """Read a result that :meth:`Result.write_json` wrote."""
-    return Result(**json.loads(path.read_text()))
+    """Read a result that :meth:`Result.write_json` wrote.
+
+    Keys this version does not know are ignored, and ``started_at`` from
+    older results is read as ``finished_at``, which is what it held.
+
+    Raises:
+        ValueError: naming the file, if it is not a result file.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read a bench result: {exc}") from None
+    required = ("scenario", "params", "metrics")
+    if not isinstance(data, dict) or any(key not in data for key in required):
+        raise ValueError(f"{path}: not a bench result (it needs the keys {', '.join(required)})")
+    if "started_at" in data:
+        data.setdefault("finished_at", data.pop("started_at"))
+    known = {field.name for field in dataclasses.fields(Result)}
+    return Result(**{key: value for key, value in data.items() if key in known})
 
 
 def fanout_latency_cdf(result: Result, folder: Path) -> Path | None:

@@ -193,7 +193,7 @@ def test_invalid_option_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert not list(tmp_path.iterdir())
 
 
-def fanout_result(members: int, started_at: str) -> Result:
+def fanout_result(members: int, finished_at: str) -> Result:
     rate = {"deliveries_per_s": 1000.0 * members}
     return Result(
         "fanout",
@@ -204,7 +204,7 @@ def fanout_result(members: int, started_at: str) -> Result:
             "client_t2t": rate,
             "latencies_ms": {"t2t relay, raw clients": [0.5, 1.0, 2.0, 8.0]},
         },
-        started_at=started_at,
+        finished_at=finished_at,
     )
 
 
@@ -244,3 +244,37 @@ def test_quantiles_keep_ends():
     assert quantiles[-1] == 10_000.0
     assert quantiles == sorted(quantiles)
     assert _quantiles([3.0, 1.0], points=101) == [1.0, 3.0]
+
+
+def test_plot_rejects_non_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    not_a_result = tmp_path / "other.json"
+    not_a_result.write_text("{}")
+
+    assert main(["plot", str(not_a_result), "--out", str(tmp_path)]) == 2
+    assert "not a bench result" in capsys.readouterr().err
+
+
+def test_load_result_reads_older_keys(tmp_path: Path):
+    path = tmp_path / "old.json"
+    old = {
+        "scenario": "fanout",
+        "params": {"members": 3},
+        "metrics": {},
+        "started_at": "2026-12-04T20:00:00Z",
+        "added_by_a_newer_version": True,
+    }
+    path.write_text(json.dumps(old))
+
+    result = plots.load_result(path)
+
+    assert result.finished_at == "2026-12-04T20:00:00Z"
+    assert result.params == {"members": 3}
+
+
+def test_same_second_results_kept(tmp_path: Path):
+    first = fanout_result(3, "2026-12-04T20:00:00Z").write_json(tmp_path)
+    second = fanout_result(4, "2026-12-04T20:00:00Z").write_json(tmp_path)
+
+    assert first != second
+    assert json.loads(first.read_text())["params"]["members"] == 3
+    assert json.loads(second.read_text())["params"]["members"] == 4
