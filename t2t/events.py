@@ -34,7 +34,7 @@ class MessageRejected(Event, frozen=True):
 
 
 class InviteReceived(Event, frozen=True):
-    """A verified invite. ``accepted`` says whether the group key was stored."""
+    """A verified invite. ``accepted`` is True if the group key was stored."""
 
     group: str
     inviter: str

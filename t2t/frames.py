@@ -248,7 +248,7 @@ class RosterEntry(_Body, frozen=True):
 
 
 class RosterBody(_Body, frozen=True):
-    """Every account the relay knows. ``version`` only ever increases."""
+    """Every account the relay stores. ``version`` only ever increases."""
 
     version: Annotated[int, Meta(ge=1)]
     entries: list[RosterEntry]

@@ -154,8 +154,8 @@ class Client:
         """Encrypt, sign and send ``text`` to ``group``; return its message id.
 
         Waits until the relay acknowledges the message. At most ``window``
-        messages are unacknowledged at once; a ``send`` beyond that waits for
-        a free slot, so a fast sender feels the relay's pace instead of
+        messages are unacknowledged at once. A further ``send`` waits for a
+        free slot, so a fast sender feels the relay's pace instead of
         queueing without limit.
 
         Raises:
@@ -337,7 +337,7 @@ class Client:
         if offer.group in self._undecided:
             return  # the same invite again while the first awaits its decision
         if held is None:
-            # Use the key at once, before the dispatch task asks the decision
+            # Use the key at once, before the dispatch task calls the decision
             # callback, so messages that follow the invite can be opened. A
             # declined invite removes it again.
             keys[offer.group] = offer.group_key
@@ -417,8 +417,8 @@ class Client:
         except trio.WouldBlock:
             if self._events_wanted:
                 return False
-            # Nobody has called events() yet: the application may use only
-            # callbacks, so keep the newest events instead of disconnecting.
+            # events() has not been called yet, and the application may use
+            # only callbacks, so keep the newest events instead of disconnecting.
             self._events_receive.receive_nowait()
             self._events_send.send_nowait(event)
         return True

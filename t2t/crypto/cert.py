@@ -32,7 +32,7 @@ _CERT_DOMAIN: Final = b"t2t/v1/certificate\x00"
 
 
 class CertificateBody(msgspec.Struct, array_like=True, forbid_unknown_fields=True, frozen=True):
-    """What the CA vouches for. Times are Unix seconds."""
+    """Certificate contents that the CA signs. Times are Unix seconds."""
 
     version: int
     name: Name

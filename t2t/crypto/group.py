@@ -48,7 +48,7 @@ _envelope_decoder: Final = msgspec.msgpack.Decoder(Envelope)
 
 
 class InvalidMessageError(CryptoError):
-    """A group message or invite failed a check. ``reason`` says which one."""
+    """A group message or invite failed a check. ``reason`` names the check."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

@@ -60,7 +60,7 @@ def seal_login(
     password: str,
     resume_token: bytes = b"",
 ) -> Login:
-    """Build the login frame for ``user``, answering ``challenge``."""
+    """Build the login frame for ``user``, signed over ``challenge``."""
     body = LoginBody(
         user=user,
         password=password,
@@ -132,7 +132,7 @@ def _verify(
 
 
 def verify_welcome(relay_key: bytes, challenge: bytes, frame: Welcome) -> WelcomeBody:
-    """Verify a welcome frame and check that it answers this session's challenge.
+    """Verify a welcome frame and check that it carries this session's challenge.
 
     Raises:
         CryptoError: if the signature fails or the challenge is not ours.

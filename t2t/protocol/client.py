@@ -116,7 +116,7 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The relay's answer to a pending request; ``error`` is None on success."""
+    """The relay's reply to a pending request. ``error`` is None on success."""
 
     key: RequestKey
     error: SendError | None

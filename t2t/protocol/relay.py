@@ -74,8 +74,8 @@ class ConnState(enum.Enum):
     CLOSED = "closed"  # closing or closed: every further frame is ignored
 
 
-# Which frames each state accepts; anything else closes the connection with
-# 1008, because a client that sends them is broken or hostile.
+# Frames accepted in each state. Any other frame closes the connection with
+# 1008, because a client that sends it is broken or hostile.
 _ALLOWED: Final[dict[ConnState, tuple[type[Frame], ...]]] = {
     ConnState.AWAITING_LOGIN: (Login, Ping),
     ConnState.VERIFYING: (Ping,),
@@ -325,7 +325,7 @@ class RelayProtocol:
         checked_user = self._checking.pop(conn_id, None)
         if checked_user is not None:
             # Count the outcome even if the connection closed meanwhile, or a
-            # guesser could hang up before each answer to dodge the limit.
+            # guesser could hang up before each result to dodge the limit.
             self._guard.finished(checked_user, ok=ok or new_hash is not None)
         session = self._sessions.get(conn_id)
         if session is None or session.state is not ConnState.VERIFYING:
@@ -481,9 +481,9 @@ class RelayProtocol:
     # Helpers ---------------------------------------------------------------
 
     def _check_sender(self, session: _Session, claimed: str, field_name: str) -> None:
-        # Members of a group could otherwise impersonate each other at the
-        # routing layer; the signature inside the envelope stops forgery of
-        # content, and this check stops forged metadata.
+        # Without this check, members of a group could impersonate each other
+        # at the routing layer. The envelope signature stops forged content,
+        # and this check stops forged metadata.
         if claimed != session.user:
             raise ProtocolError(
                 CLOSE_POLICY_VIOLATION,

@@ -133,13 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-accounts",
         type=int,
         default=defaults.max_accounts,
-        help="registrations beyond this many accounts are refused; the roster lists them all",
+        help="registrations beyond this many accounts are rejected; the roster lists them all",
     )
     limits.add_argument(
         "--max-pending-logins",
         type=int,
         default=defaults.max_pending_logins,
-        help="password checks queued at once; further logins are refused with close code 1013",
+        help="password checks queued at once; further logins are rejected with close code 1013",
     )
     limits.add_argument(
         "--resume-ttl",
