@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from t2t.crypto.keys import KeyPair
 from t2t.protocol.client import ClientProtocol, ClientState, Outgoing
-from t2t.protocol.relay import Action, CheckPassword, Close, RelayProtocol, Send
+from t2t.protocol.relay import Action, CheckPassword, Close, Forward, RelayProtocol, Send
 from t2t.server.passwords import HashCost, hash_password, verify_password
 
 RELAY_NAME = "relay.test"
@@ -88,6 +88,10 @@ class Wire:
             match action:
                 case Send(conn_id, data):
                     self.deliver(conn_id, data)
+                case Forward(conn_ids, data, sender, ack):
+                    for conn_id in conn_ids:
+                        self.deliver(conn_id, data)
+                    self.deliver(sender, ack)
                 case Close(conn_id):
                     self.closes[conn_id] = action
                     self.relay.disconnect(conn_id)

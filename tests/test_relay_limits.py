@@ -544,9 +544,9 @@ class TestTimeouts:
 async def test_enqueue_after_writer_stopped():
     # A roster push or fanout can reach a connection whose writer has just
     # closed its queue; that must not raise into the relay's nursery.
-    from t2t.server.relay import _Connection
+    from t2t.server.outbox import Outbox
 
-    conn = _Connection(1, object(), queue_size=4)  # type: ignore[arg-type]
+    conn = Outbox(1, object(), queue_size=4)  # type: ignore[arg-type]
     await conn.outbox_receive.aclose()
 
     assert conn.enqueue(b"frame")

@@ -91,6 +91,22 @@ class Send:
 
 
 @dataclass(frozen=True, slots=True)
+class Forward:
+    """Send ``data`` to each of ``conn_ids``, then ``ack`` to ``sender``.
+
+    The shell sends ``ack`` only after every copy has been written to its
+    connection, or dropped because that connection closed. The sender's
+    window of unacknowledged messages then bounds how much of its traffic
+    the relay holds at once.
+    """
+
+    conn_ids: tuple[int, ...]
+    data: bytes
+    sender: int
+    ack: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     conn_id: int
     code: int
@@ -110,7 +126,7 @@ class CheckPassword:
     password_hash: str | None = field(repr=False)
 
 
-Action = Send | Close | CheckPassword
+Action = Send | Forward | Close | CheckPassword
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,9 +460,7 @@ class RelayProtocol:
             ]
         # Forward the received bytes unchanged: the relay neither re-encodes
         # nor decrypts, and cannot alter what the sender signed.
-        actions: list[Action] = [Send(conn, data) for conn in recipients]
-        actions.append(Send(session.conn_id, encode(Ack(frame.msg_id))))
-        return actions
+        return [Forward(tuple(recipients), data, session.conn_id, encode(Ack(frame.msg_id)))]
 
     def _on_invite(self, session: _Session, frame: Invite, data: bytes) -> list[Action]:
         self._check_sender(session, frame.inviter, "inviter")

@@ -109,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--send-timeout",
         type=float,
         default=defaults.send_timeout,
-        help="seconds a connection's queue may stay full before it is dropped as a slow consumer",
+        help=(
+            "seconds a connection's queue may stay full, or one write to it may take, "
+            "before it is dropped as a slow consumer"
+        ),
     )
     limits.add_argument(
         "--idle-timeout",

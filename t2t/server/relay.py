@@ -7,7 +7,7 @@ Task tree, all under :meth:`Relay.serve`'s nursery::
     └── WebSocket listener
         └── one nursery per connection
             ├── reader     (get_message -> protocol -> actions)
-            ├── writer     (drains the bounded outbound queue)
+            ├── writer     (drains the bounded outbound queue; acks after the write)
             └── heartbeat  (login timeout and idle timeout)
 
 When any task of a connection finishes or fails, the connection's nursery is
@@ -17,7 +17,6 @@ Cancelling :meth:`serve` closes every connection with 1001.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
@@ -25,10 +24,10 @@ import sqlite3
 import ssl
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Final
+from functools import partial
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from t2t.crypto.keys import KeyPair
 from t2t.errors import (
@@ -43,19 +42,20 @@ from t2t.errors import (
 from t2t.protocol.relay import (
     DEFAULT_MAX_ACCOUNTS,
     DEFAULT_RESUME_TTL,
+    Action,
     CheckPassword,
     Close,
     ConnState,
+    Forward,
     RelayProtocol,
     RelayStore,
     Send,
 )
-from t2t.server.framing import RawWriter, frame_binary, raw_writer_for
+from t2t.server.framing import frame_binary
+from t2t.server.outbox import KIB, MAX_HELD_ACKS, Delivery, Outbox, StalledWrite
 from t2t.server.passwords import HashCost, hash_password, verify_password
 
 log = logging.getLogger("t2t.relay")
-
-KIB: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,9 @@ class RelayConfig:
     # under overload: once it is full the sender's reader waits, and the
     # wait reaches the sender through its window of unacknowledged messages.
     queue_size: int = 32
-    send_timeout: float = 5.0  # a queue full for this long drops its connection as slow
+    # A queue full for this long, or one write taking this long, drops the
+    # connection as a slow consumer.
+    send_timeout: float = 5.0
     max_pending_logins: int = 64  # password checks queued at once; more are refused with 1013
     max_accounts: int = DEFAULT_MAX_ACCOUNTS  # registrations beyond this are refused
     idle_timeout: float = 60.0  # close a connection that sends nothing for this long
@@ -110,68 +112,6 @@ class RelayConfig:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
 
 
-_CLOSE_NOW: Final = object()  # writer sentinel: flush what came before, then close
-MAX_WRITE_BATCH: Final = 256 * KIB  # bytes the writer joins into one socket write
-
-
-class _Connection:
-    """One WebSocket connection's I/O state."""
-
-    def __init__(self, conn_id: int, ws: WebSocketConnection, queue_size: int) -> None:
-        self.conn_id = conn_id
-        self.ws = ws
-        self.outbox_send, self.outbox_receive = trio.open_memory_channel[bytes | object](queue_size)
-        self.scope = trio.CancelScope()
-        self.close_code = CLOSE_NORMAL
-        self.close_reason = ""
-        self.closing = False
-        self.last_received = trio.current_time()
-        self.raw = raw_writer_for(ws)
-        self.pending_roster: tuple[bytes, bytes] | None = None  # newest roster awaiting room
-
-    def item_for(self, data: bytes, wire: bytes | None = None) -> bytes:
-        """Return what the writer expects: framed bytes on the fast path, else the payload.
-
-        Pass ``wire``, the result of ``frame_binary(data)``, to reuse one
-        framing for every recipient of the same payload.
-        """
-        if self.raw is None:
-            return data
-        return wire if wire is not None else frame_binary(data)
-
-    def enqueue(self, data: bytes, wire: bytes | None = None) -> bool:
-        """Queue a frame for the writer. Returns False if the queue is full."""
-        if self.closing:
-            return True
-        try:
-            self.outbox_send.send_nowait(self.item_for(data, wire))
-        except trio.WouldBlock:
-            return False
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            # The writer has already stopped: the connection is closing and
-            # the frame has nowhere to go, which is no error of the sender's.
-            self.closing = True
-        return True
-
-    def close(self, code: int, reason: str) -> None:
-        """Close after flushing what is queued; the first close reason wins."""
-        if self.closing:
-            return
-        self.closing = True
-        self.close_code, self.close_reason = code, reason
-        try:
-            self.outbox_send.send_nowait(_CLOSE_NOW)
-        except trio.WouldBlock:
-            self.scope.cancel()  # no room to flush in order, so close at once
-
-    def abort(self, code: int, reason: str) -> None:
-        """Close now, dropping anything still queued."""
-        if not self.closing:
-            self.closing = True
-            self.close_code, self.close_reason = code, reason
-        self.scope.cancel()
-
-
 class Relay:
     """A t2t relay, runnable in any trio nursery.
 
@@ -202,7 +142,7 @@ class Relay:
         )
         self.port: int | None = None
         self._key = key
-        self._connections: dict[int, _Connection] = {}
+        self._connections: dict[int, Outbox] = {}
         self._ids = itertools.count(1)
         self._hash_limiter = trio.CapacityLimiter(config.hash_threads)
         self._roster_changed = trio.Event()
@@ -277,7 +217,7 @@ class Relay:
             await request.reject(503, body=b"relay shutting down")
             return
         ws = await request.accept()
-        conn = _Connection(next(self._ids), ws, self.config.queue_size)
+        conn = Outbox(next(self._ids), ws, self.config.queue_size)
         self._connections[conn.conn_id] = conn
         remote = ws.remote
         log.info("connection opened conn=%d remote=%s", conn.conn_id, remote)
@@ -321,7 +261,7 @@ class Relay:
                 conn.close_reason,
             )
 
-    async def _read(self, conn: _Connection, scope: trio.CancelScope) -> None:
+    async def _read(self, conn: Outbox, scope: trio.CancelScope) -> None:
         try:
             while not conn.closing:
                 data = await conn.ws.get_message()
@@ -337,7 +277,7 @@ class Relay:
                     self._log_rejection(conn.conn_id, code, conn.close_reason)
                 scope.cancel()
 
-    async def _apply(self, conn: _Connection, actions: list[Send | Close | CheckPassword]) -> None:
+    async def _apply(self, conn: Outbox, actions: list[Action]) -> None:
         pending = list(actions)
         last_data, last_wire = b"", b""
         # One deadline for all the sends of this batch, so that several
@@ -351,6 +291,16 @@ class Relay:
                     if data is not last_data:
                         last_data, last_wire = data, frame_binary(data)
                     await self._send(conn_id, data, last_wire, deadline)
+                case Forward(conn_ids, data, sender, ack):
+                    # One framing for every recipient; the sender's ack
+                    # goes out once the last copy is written or dropped.
+                    wire = frame_binary(data)
+                    delivery = Delivery(partial(self._acknowledge, sender, ack))
+                    try:
+                        for conn_id in conn_ids:
+                            await self._send(conn_id, data, wire, deadline, delivery)
+                    finally:
+                        delivery.done()
                 case Close(conn_id, code, reason):
                     self._close(conn_id, code, reason)
                 case CheckPassword():
@@ -367,7 +317,7 @@ class Relay:
         if self.protocol.roster_dirty:
             self._roster_changed.set()
 
-    async def _check_password(self, action: CheckPassword) -> list[Send | Close | CheckPassword]:
+    async def _check_password(self, action: CheckPassword) -> list[Action]:
         cost = self.config.hash_cost
         password = action.password
         self._pending_hashes += 1
@@ -392,7 +342,12 @@ class Relay:
         )
 
     async def _send(
-        self, conn_id: int, data: bytes, wire: bytes | None = None, deadline: float | None = None
+        self,
+        conn_id: int,
+        data: bytes,
+        wire: bytes | None = None,
+        deadline: float | None = None,
+        delivery: Delivery | None = None,
     ) -> None:
         """Queue ``data`` for a connection, waiting while its queue is full.
 
@@ -403,30 +358,30 @@ class Relay:
         reading, so that peer is dropped and memory stays bounded.
         """
         conn = self._connections.get(conn_id)
-        if conn is None or conn.enqueue(data, wire):
+        if conn is None or conn.enqueue(data, wire, delivery):
             return
         if deadline is None:
             deadline = trio.current_time() + self.config.send_timeout
         with trio.move_on_at(deadline):
-            # Broken or closed: the connection closed while we waited.
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await conn.outbox_send.send(conn.item_for(data, wire))
+            await conn.put(data, wire, delivery)
             return
+        self._drop_slow_consumer(
+            conn,
+            f"{self.config.queue_size} frames queued for {self.config.send_timeout:g} s",
+        )
+
+    def _drop_slow_consumer(self, conn: Outbox, why: str) -> None:
+        """Close a peer that does not take its frames, dropping what is queued for it."""
         if conn.closing:
             return  # another task already dropped it
         log.warning(
-            "dropping slow consumer conn=%d user=%s queued_frames=%d send_timeout=%gs",
-            conn_id,
-            self.protocol.user_of(conn_id),
-            self.config.queue_size,
-            self.config.send_timeout,
+            "dropping slow consumer conn=%d user=%s: %s",
+            conn.conn_id,
+            self.protocol.user_of(conn.conn_id),
+            why,
         )
         self.rejected_frames[CLOSE_POLICY_VIOLATION] += 1
-        conn.abort(
-            CLOSE_POLICY_VIOLATION,
-            f"slow consumer: {self.config.queue_size} frames queued "
-            f"for {self.config.send_timeout:g} s",
-        )
+        conn.abort(CLOSE_POLICY_VIOLATION, f"slow consumer: {why}")
 
     def _close(self, conn_id: int, code: int, reason: str) -> None:
         conn = self._connections.get(conn_id)
@@ -446,13 +401,11 @@ class Relay:
             reason,
         )
 
-    async def _write(self, conn: _Connection, scope: trio.CancelScope) -> None:
+    async def _write(self, conn: Outbox, scope: trio.CancelScope) -> None:
         try:
-            async with conn.outbox_receive:
-                if conn.raw is None:
-                    await self._write_messages(conn)
-                else:
-                    await self._write_batches(conn, conn.raw)
+            await conn.write_all(self.config.send_timeout)
+        except StalledWrite:
+            self._drop_slow_consumer(conn, f"a write took over {self.config.send_timeout:g} s")
         except ConnectionClosed as exc:
             if not conn.closing:
                 conn.closing = True
@@ -460,39 +413,14 @@ class Relay:
                 conn.close_code = CLOSE_NORMAL if code is None else code
         scope.cancel()
 
-    @staticmethod
-    async def _write_messages(conn: _Connection) -> None:
-        async for item in conn.outbox_receive:
-            if item is _CLOSE_NOW:
-                return
-            assert isinstance(item, bytes)
-            await conn.ws.send_message(item)
+    def _acknowledge(self, conn_id: int, ack: bytes) -> None:
+        """Queue a sender's acknowledgement once every copy of its message is out."""
+        conn = self._connections.get(conn_id)
+        if conn is None or conn.hold_ack(ack):
+            return
+        self._drop_slow_consumer(conn, f"{MAX_HELD_ACKS} acknowledgements not read")
 
-    @staticmethod
-    async def _write_batches(conn: _Connection, raw: RawWriter) -> None:
-        # Everything already queued goes out in one write: under load this
-        # turns one system call per frame into one per batch.
-        receive = conn.outbox_receive
-        while True:
-            item = await receive.receive()
-            batch: list[bytes] = []
-            size = 0
-            while item is not _CLOSE_NOW:
-                assert isinstance(item, bytes)
-                batch.append(item)
-                size += len(item)
-                if size >= MAX_WRITE_BATCH:
-                    break
-                try:
-                    item = receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
-            if batch:
-                await raw.write(b"".join(batch))
-            if item is _CLOSE_NOW:
-                return
-
-    async def _heartbeat(self, conn: _Connection) -> None:
+    async def _heartbeat(self, conn: Outbox) -> None:
         config = self.config
         login_deadline = trio.current_time() + config.login_timeout
         while True:
@@ -544,7 +472,7 @@ class Relay:
                     nursery.start_soon(self._deliver_roster, conn)
                 conn.pending_roster = (frame, wire)
 
-    async def _deliver_roster(self, conn: _Connection) -> None:
+    async def _deliver_roster(self, conn: Outbox) -> None:
         while conn.pending_roster is not None and not conn.closing:
             frame, wire = conn.pending_roster
             await self._send(conn.conn_id, frame, wire)
