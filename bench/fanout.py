@@ -31,6 +31,7 @@ import trio
 import t2t
 from bench.common import Progress, RelayProcess, latency_summary, run_relay
 from bench.raw import RawClient, message_id, raw_session
+from t2t.client.connection import DEFAULT_WINDOW
 
 GROUP = "bench"
 MAX_BODY_SIZE = 60_000  # bytes; the encrypted frame must stay under the relay's 64 KiB limit
@@ -44,7 +45,7 @@ class FanoutParams:
     messages: int = 500  # per sender
     body_size: int = 64  # bytes of text per message
     rate: float | None = None  # total messages per second; None for blast
-    window: int = 64  # unacknowledged messages per sender (t2t relay only)
+    window: int = DEFAULT_WINDOW  # unacknowledged messages per sender (t2t relay only)
     full_receivers: int | None = None  # client mode: receivers that run the full client
 
     def __post_init__(self) -> None:

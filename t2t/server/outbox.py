@@ -185,7 +185,7 @@ class Outbox:
         finally:
             self._drop_queued()
 
-    async def _send(self, raw: RawWriter | None, data: bytes) -> None:
+    async def _write_bytes(self, raw: RawWriter | None, data: bytes) -> None:
         # Senders wait for their acks until the write is done, so a peer
         # that stops reading must not hold a write open indefinitely.
         with trio.move_on_after(self._write_timeout) as scope:
@@ -205,11 +205,11 @@ class Outbox:
             if isinstance(item, tuple):
                 data, delivery = item
                 try:
-                    await self._send(None, data)
+                    await self._write_bytes(None, data)
                 finally:
                     delivery.done()
             else:
-                await self._send(None, item)
+                await self._write_bytes(None, item)
             await self._flush_held_acks(None)
 
     async def _write_batches(self, raw: RawWriter) -> None:
@@ -237,7 +237,7 @@ class Outbox:
                     break
             try:
                 if batch:
-                    await self._send(raw, b"".join(batch))
+                    await self._write_bytes(raw, b"".join(batch))
             finally:
                 for delivery in deliveries:
                     delivery.done()
@@ -252,9 +252,9 @@ class Outbox:
         self.held_acks.clear()
         if raw is None:
             for ack in acks:
-                await self._send(None, ack)
+                await self._write_bytes(None, ack)
         else:
-            await self._send(raw, b"".join(frame_binary(ack) for ack in acks))
+            await self._write_bytes(raw, b"".join(frame_binary(ack) for ack in acks))
 
     def _drop_queued(self) -> None:
         """Count every copy still queued as done, then close the queue."""
