@@ -29,7 +29,7 @@ from typing import Any
 import trio
 
 import t2t
-from bench.common import Progress, RelayProcess, latency_summary, run_relay
+from bench.common import Progress, RelayProcess, latency_summary, percentile, run_relay
 from bench.raw import RawClient, message_id, raw_session
 from t2t.client.connection import DEFAULT_WINDOW
 
@@ -87,6 +87,7 @@ class _Tally:
     sent: dict[tuple[int, int], float] = field(default_factory=dict)
     received: Counter[tuple[int, int, int]] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
+    lags: list[float] = field(default_factory=list)  # paced runs: how late each send started
     deliveries: int = 0
     first_send: float = 0.0
     last_send: float = 0.0
@@ -111,6 +112,12 @@ async def _pace(
     With ``pipelined``, each send runs in its own task, because the t2t
     client's ``send`` returns only when the relay acknowledges; the client's
     window then bounds how many are in flight, as it does for applications.
+    The send time is taken in that task, right before ``send`` is called, so
+    the scheduler turn that starts the task is not counted as latency.
+
+    Paced runs also record how late each send started against its schedule
+    (``tally.lags``). Latency excludes that lag, so a load process that
+    falls behind shows up there and in the achieved send rate.
     """
     interval = None if params.rate is None else params.senders / params.rate
     start = trio.current_time()
@@ -121,6 +128,7 @@ async def _pace(
 
     async def send_in_slot(sequence: int) -> None:
         try:
+            tally.sent[(sender, sequence)] = trio.current_time()
             await send_one(sequence)
         finally:
             slots.release()
@@ -128,10 +136,11 @@ async def _pace(
     async with trio.open_nursery() as nursery:
         for sequence in range(params.messages):
             if interval is not None:
-                await trio.sleep_until(start + sequence * interval)
+                due = start + sequence * interval
+                await trio.sleep_until(due)
+                tally.lags.append(trio.current_time() - due)
             if pipelined:
                 await slots.acquire()
-                tally.sent[(sender, sequence)] = trio.current_time()
                 nursery.start_soon(send_in_slot, sequence)
             else:
                 tally.sent[(sender, sequence)] = trio.current_time()
@@ -157,7 +166,7 @@ def _metrics(
     unique = len(tally.received)
     elapsed = max(tally.last_receive - tally.first_send, 1e-9)
     send_elapsed = max(tally.last_send - tally.first_send, 1e-9)
-    return {
+    metrics: dict[str, Any] = {
         "deliveries_per_s": tally.deliveries / elapsed,
         "sends_per_s": params.senders * params.messages / send_elapsed,
         **latency_summary(tally.latencies),
@@ -168,6 +177,9 @@ def _metrics(
         "duplicated": tally.deliveries - unique,
         "latencies_ms": [latency * 1000 for latency in tally.latencies],
     }
+    if tally.lags:
+        metrics["send_lag_p99_ms"] = percentile(sorted(tally.lags), 0.99) * 1000
+    return metrics
 
 
 async def run_raw(kind: str, params: FanoutParams, progress: Progress) -> dict[str, Any]:
