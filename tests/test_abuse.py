@@ -198,3 +198,29 @@ async def test_slow_consumer_logged_once(tmp_path, caplog):
 
     drops = [r for r in caplog.records if "dropping slow consumer" in r.getMessage()]
     assert len(drops) == 1
+
+
+@pytest.mark.anyio
+async def test_leave_while_relay_busy(tmp_path, caplog):
+    # The relay's reader for alice waits on a stalled member's full queue,
+    # so it does not answer alice's close within the client's 2 s. Leaving
+    # the block must still end quietly, not with trio-websocket's
+    # DisconnectionTimeout.
+    caplog.set_level(logging.WARNING, logger="t2t.client")
+    with trio.fail_after(30):
+        async with (
+            running_relay(tmp_path, queue_size=2, send_timeout=5) as relay,
+            raw_session(relay.url, relay.ca_file, "stalled"),
+            relay.client("alice") as alice,
+        ):
+            await alice.invite("stalled", "team")
+            async with trio.open_nursery() as senders:
+                for _ in range(100):
+                    senders.start_soon(alice.send, "team", "z" * 20_000)
+                await trio.sleep(0.5)
+                senders.cancel_scope.cancel()
+
+    warnings = [
+        r.getMessage() for r in caplog.records if "did not confirm the close" in r.getMessage()
+    ]
+    assert len(warnings) == 1

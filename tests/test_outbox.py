@@ -18,7 +18,7 @@ import trio
 import trio.testing
 from trio_websocket import WebSocketConnection, WebSocketRequest, wrap_server_stream
 
-from t2t.server.outbox import MAX_HELD_ACKS, Delivery, Outbox, StalledWrite
+from t2t.server.outbox import MAX_HELD_ACKS, MAX_WRITE_BATCH, Delivery, Outbox, StalledWrite
 
 pytestmark = pytest.mark.anyio
 
@@ -190,6 +190,52 @@ class TestStalledWrite:
 
         assert waited == pytest.approx(5.0)
         assert acks.done == ["m1"]  # the dropped copy still releases the sender
+
+    async def test_message_deadline_applies_to_write(self):
+        # A peer that reads, but too slowly, is dropped once a message has
+        # waited past its deadline, even though no single write timed out.
+        acks = Acks()
+        with trio.fail_after(60):
+            async with websocket_pair() as (server, _client):
+                outbox = Outbox(1, server, queue_size=4)
+                started = trio.current_time()
+                delivery = Delivery(lambda: acks.done.append("m1"), started + 3.0)
+                assert outbox.enqueue(b"late", None, delivery)
+                delivery.done()
+                with pytest.raises(StalledWrite, match=r"waited over 30 s to be written"):
+                    await outbox.write_all(30.0)
+                waited = trio.current_time() - started
+
+        assert waited == pytest.approx(3.0)
+        assert acks.done == ["m1"]
+
+    async def test_message_past_deadline_is_not_written(self):
+        acks = Acks()
+        with trio.fail_after(60):
+            async with websocket_pair() as (server, peer), trio.open_nursery() as nursery:
+                outbox = Outbox(1, server, queue_size=4)
+                delivery = Delivery(lambda: acks.done.append("m1"), trio.current_time() + 3.0)
+                big = b"x" * MAX_WRITE_BATCH  # fills a batch, so "second" needs a write of its own
+                assert outbox.enqueue(big)
+                assert outbox.enqueue(b"second", None, delivery)
+                delivery.done()
+                failures: list[StalledWrite] = []
+
+                async def write() -> None:
+                    try:
+                        await outbox.write_all(30.0)
+                    except StalledWrite as exc:
+                        failures.append(exc)
+
+                nursery.start_soon(write)
+                await trio.sleep(4.0)  # the first write waits until the peer reads
+                first = await peer.read_exactly(10 + len(big))  # 10-byte header for 256 KiB
+                await trio.testing.wait_all_tasks_blocked()
+
+        assert first[10:] == big
+        assert len(failures) == 1
+        assert "in its queue" in str(failures[0])
+        assert acks.done == ["m1"]
 
 
 async def test_held_acks_are_bounded():

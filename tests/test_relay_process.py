@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from _relayio_helpers import Inbox
+from _relayio_helpers import Inbox, raw_session
 from t2t.client import Client, connect
 from t2t.crypto.cert import issue_certificate
 from t2t.crypto.keys import CERTIFICATE_LABEL, KeyPair, save_key_pair, write_armored
@@ -111,11 +111,20 @@ async def _stop(process: trio.Process) -> None:
         await process.wait()
 
 
-async def _launch(data_dir: Path, log_file: Path) -> tuple[trio.Process, str]:
+async def _launch(
+    data_dir: Path, log_file: Path, extra_args: tuple[str, ...]
+) -> tuple[trio.Process, str]:
     """Start one relay process and return it with its log once it listens or exits."""
     port = pick_free_port()
     command = relay_command(
-        "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir), *FAST_HASH_ARGS
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        *FAST_HASH_ARGS,
+        *extra_args,
     )
     log_path = trio.Path(log_file)
     with log_file.open("wb") as log_handle:
@@ -140,14 +149,16 @@ async def _launch(data_dir: Path, log_file: Path) -> tuple[trio.Process, str]:
 
 
 @asynccontextmanager
-async def relay_process(data_dir: Path, name: str = "relay") -> AsyncIterator[RelayProcess]:
+async def relay_process(
+    data_dir: Path, name: str = "relay", *extra_args: str
+) -> AsyncIterator[RelayProcess]:
     """Run ``python -m t2t.server`` on a free 127.0.0.1 port until the block exits."""
     await trio.Path(data_dir).mkdir(parents=True, exist_ok=True)
     log_file = data_dir.parent / f"{name}.log"
-    process, log = await _launch(data_dir, log_file)
+    process, log = await _launch(data_dir, log_file, extra_args)
     if process.returncode is not None and any(text in log for text in _BIND_FAILURES):
         # Another program took the port between the probe and the relay's bind.
-        process, log = await _launch(data_dir, log_file)
+        process, log = await _launch(data_dir, log_file, extra_args)
     try:
         listening = _LISTENING_PATTERN.search(log)
         ca = _CA_PATTERN.search(log)
@@ -262,6 +273,27 @@ async def test_sigterm_closes_with_1001(tmp_path):
     assert "received SIGTERM" in log
     assert "relay stopped" in log
     assert "Traceback" not in log
+
+
+@pytest.mark.anyio
+async def test_sigterm_exits_despite_stalled_write(tmp_path):
+    # A member that never reads leaves the relay's writer for it blocked in
+    # a socket write, which no closing handshake can get past. With a long
+    # --send-timeout that write outlasts the shutdown grace, and the relay
+    # must still exit within EXIT_TIMEOUT.
+    async with (
+        relay_process(tmp_path / "data", "relay", "--send-timeout", "30") as relay,
+        raw_session(relay.url, relay.ca_file, "stalled"),
+        client(relay, tmp_path, "alice") as alice,
+    ):
+        await alice.invite("stalled", "team")
+        with trio.move_on_after(3):  # until the socket buffers are full
+            while True:
+                await alice.send("team", "z" * 20_000)
+        relay.process.send_signal(signal.SIGTERM)
+        status = await relay.wait_exit(EXIT_TIMEOUT)
+
+    assert status == 0
 
 
 @pytest.mark.anyio

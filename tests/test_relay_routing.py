@@ -392,3 +392,28 @@ async def test_altered_box_rejected(tmp_path):
     assert "does not open" in rejected.reason
     assert received.msg_id == intact.msg_id
     assert bob_inbox.of(MessageReceived) == [received]
+
+
+async def test_send_without_key_is_checkpoint(tmp_path):
+    # A loop that retries a failing send must still let other tasks run.
+    import trio
+
+    other_task_ran = trio.Event()
+    failures = 0
+
+    async def other_task() -> None:
+        other_task_ran.set()
+
+    async with (
+        running_relay(tmp_path) as relay,
+        relay.client("alice") as alice,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(other_task)
+        while not other_task_ran.is_set() and failures < 100:
+            with pytest.raises(SendError, match="no key for group"):
+                await alice.send("unknown", "hello")
+            failures += 1
+
+    assert other_task_ran.is_set()
+    assert failures < 10  # without a checkpoint the loop runs all 100 times

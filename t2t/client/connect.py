@@ -11,7 +11,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import HandshakeError, WebSocketConnection, open_websocket_url
+from trio_websocket import (
+    DisconnectionTimeout,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
 
 from t2t.client.connection import (
     DEFAULT_EVENT_BUFFER,
@@ -138,6 +143,7 @@ async def connect(
     )
 
     connected = False
+    block_error: BaseException | None = None  # what the caller's block raised, if anything
     try:
         async with open_websocket_url(
             url,
@@ -169,8 +175,18 @@ async def connect(
             async with trio.open_nursery() as nursery:
                 await nursery.start(client._run)
                 await client._subscribe_known_groups()
-                yield client
+                try:
+                    yield client
+                except BaseException as exc:
+                    block_error = exc
+                    raise
                 nursery.cancel_scope.cancel()
+    except DisconnectionTimeout as exc:
+        # The session is over either way: the relay did not confirm the
+        # close in time, for example because it was waiting on a slow member.
+        log.warning("relay %s did not confirm the close within 2 s; closed anyway", url)
+        if block_error is not None:
+            raise block_error from exc  # what ended the block comes first
     except (OSError, HandshakeError) as exc:
         if connected:
             raise

@@ -153,10 +153,11 @@ class Client:
     async def send(self, group: str, text: str) -> bytes:
         """Encrypt, sign and send ``text`` to ``group``; return its message id.
 
-        Waits until the relay acknowledges the message. At most ``window``
-        messages are unacknowledged at once. A further ``send`` waits for a
-        free slot, so a fast sender feels the relay's pace instead of
-        queueing without limit.
+        Waits until the relay acknowledges the message, which it does once
+        the message is written to every online member (or that member was
+        dropped as too slow). At most ``window`` messages are unacknowledged
+        at once. A further ``send`` waits for a free slot, so a fast sender
+        feels the relay's pace instead of queueing without limit.
 
         Raises:
             SendError: ``no-group-key`` if we hold no key for ``group``, or the
@@ -165,6 +166,9 @@ class Client:
             TimeoutError: no acknowledgement within ``request_timeout`` seconds.
         """
         if group not in self._protocol.group_keys:
+            # A checkpoint even on failure, so a loop that retries cannot
+            # starve the other tasks.
+            await trio.lowlevel.checkpoint()
             raise SendError(
                 "no-group-key",
                 f"no key for group {group!r}; create it with invite() or get invited",
@@ -174,6 +178,7 @@ class Client:
             if len(data) > self._max_message_size:
                 # The relay would close the whole connection with 1009, so
                 # refuse this one message here instead.
+                await trio.lowlevel.checkpoint()
                 raise SendError(
                     "message-too-large",
                     f"encrypted message is {len(data)} bytes, over the {self._max_message_size} "

@@ -111,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=defaults.send_timeout,
         help=(
-            "seconds a connection's queue may stay full, or one write to it may take, "
-            "before it is dropped as a slow consumer"
+            "seconds a connection's queue may stay full, or a message for it may wait to be "
+            "written, before it is dropped as a slow consumer; a sender's ack can wait this "
+            "long, so keep it below the clients' request timeout (30 s by default)"
         ),
     )
     limits.add_argument(
@@ -218,7 +219,7 @@ async def _run(relay: Relay) -> None:
                     signal.Signals(signum).name,
                     relay.connection_count,
                 )
-                relay.shutdown()
+                relay.shutdown(grace=SHUTDOWN_GRACE)
                 with trio.move_on_after(SHUTDOWN_GRACE):
                     await relay.wait_all_closed()
                 nursery.cancel_scope.cancel()

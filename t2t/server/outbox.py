@@ -45,14 +45,17 @@ class Delivery:
 
     The reader that forwards the message keeps one count until it has queued
     every copy, so the count cannot reach zero while copies are still being
-    queued. ``on_done`` runs once, when the count reaches zero.
+    queued. ``on_done`` runs once, when the count reaches zero. Every copy
+    must be written by ``deadline`` (trio time): a writer that cannot manage
+    that drops its connection, so the sender waits no longer than that.
     """
 
-    __slots__ = ("_on_done", "_pending")
+    __slots__ = ("_on_done", "_pending", "deadline")
 
-    def __init__(self, on_done: Callable[[], None]) -> None:
+    def __init__(self, on_done: Callable[[], None], deadline: float = math.inf) -> None:
         self._pending = 1
         self._on_done = on_done
+        self.deadline = deadline
 
     def add(self) -> None:
         """Count one more queued copy."""
@@ -174,7 +177,8 @@ class Outbox:
         Raises:
             ConnectionClosed: the peer or the stream closed first.
             StalledWrite: one write took longer than ``write_timeout``
-                seconds: the peer is not reading.
+                seconds, or a group message was not written by its
+                delivery's deadline: the peer is not reading fast enough.
         """
         self._write_timeout = write_timeout
         try:
@@ -185,16 +189,25 @@ class Outbox:
         finally:
             self._drop_queued()
 
-    async def _write_bytes(self, raw: RawWriter | None, data: bytes) -> None:
+    async def _write_bytes(
+        self, raw: RawWriter | None, data: bytes, deadline: float = math.inf
+    ) -> None:
         # Senders wait for their acks until the write is done, so a peer
-        # that stops reading must not hold a write open indefinitely.
-        with trio.move_on_after(self._write_timeout) as scope:
+        # that stops reading must not hold a write open indefinitely, and a
+        # peer that reads slowly must not hold a message past its deadline.
+        now = trio.current_time()
+        if deadline <= now:
+            raise StalledWrite(f"a message waited over {self._write_timeout:g} s in its queue")
+        limit = now + self._write_timeout
+        with trio.move_on_at(min(limit, deadline)) as scope:
             if raw is None:
                 await self.ws.send_message(data)
             else:
                 await raw.write(data)
         if scope.cancelled_caught:
-            raise StalledWrite(f"a {len(data)}-byte write took over {self._write_timeout:g} s")
+            if deadline < limit:
+                raise StalledWrite(f"a message waited over {self._write_timeout:g} s to be written")
+            raise StalledWrite(f"a write took over {self._write_timeout:g} s")
 
     async def _write_messages(self) -> None:
         receive = self.outbox_receive
@@ -205,7 +218,7 @@ class Outbox:
             if isinstance(item, tuple):
                 data, delivery = item
                 try:
-                    await self._write_bytes(None, data)
+                    await self._write_bytes(None, data, delivery.deadline)
                 finally:
                     delivery.done()
             else:
@@ -220,11 +233,13 @@ class Outbox:
             item: Item = await receive.receive()
             batch: list[bytes] = []
             deliveries: list[Delivery] = []
+            deadline = math.inf
             size = 0
             while not isinstance(item, _CloseNow):
                 if isinstance(item, tuple):
                     data, delivery = item
                     deliveries.append(delivery)
+                    deadline = min(deadline, delivery.deadline)
                 else:
                     data = item
                 batch.append(data)
@@ -237,7 +252,7 @@ class Outbox:
                     break
             try:
                 if batch:
-                    await self._write_bytes(raw, b"".join(batch))
+                    await self._write_bytes(raw, b"".join(batch), deadline)
             finally:
                 for delivery in deliveries:
                     delivery.done()

@@ -148,6 +148,7 @@ class Relay:
         self._roster_changed = trio.Event()
         self._shutting_down = False
         self._all_closed = trio.Event()
+        self._stop_by = math.inf  # trio time by which a shutdown ends every closing handshake
         self.rejected_frames: Counter[int] = Counter()  # close code -> connections closed with it
         self._pending_hashes = 0  # password checks queued or running
 
@@ -186,9 +187,15 @@ class Relay:
         finally:
             log.info("relay stopped")
 
-    def shutdown(self) -> None:
-        """Start closing every connection with 1001 and a signed shutdown notice."""
+    def shutdown(self, grace: float = math.inf) -> None:
+        """Start closing every connection with 1001 and a signed shutdown notice.
+
+        Closing handshakes still open ``grace`` seconds from now are cut
+        short, so a caller that cancels :meth:`serve` after ``grace`` seconds
+        is not held up by peers that no longer read.
+        """
         self._shutting_down = True
+        self._stop_by = trio.current_time() + grace
         for conn in list(self._connections.values()):
             notice = self.protocol.shutdown_notice(conn.conn_id)
             if notice is not None:
@@ -248,7 +255,8 @@ class Relay:
             # Finish the closing handshake before reporting the connection
             # gone: a shutdown waits for that report and then cancels the
             # tasks that would read the peer's reply.
-            with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
+            close_by = min(trio.current_time() + self.config.close_timeout, self._stop_by)
+            with trio.CancelScope(shield=True), trio.move_on_at(close_by):
                 await ws.aclose(conn.close_code, conn.close_reason)
             del self._connections[conn.conn_id]
             if not self._connections:
@@ -295,7 +303,7 @@ class Relay:
                     # One framing for every recipient; the sender's ack
                     # goes out once the last copy is written or dropped.
                     wire = frame_binary(data)
-                    delivery = Delivery(partial(self._acknowledge, sender, ack))
+                    delivery = Delivery(partial(self._acknowledge, sender, ack), deadline)
                     try:
                         for conn_id in conn_ids:
                             await self._send(conn_id, data, wire, deadline, delivery)
@@ -404,8 +412,8 @@ class Relay:
     async def _write(self, conn: Outbox, scope: trio.CancelScope) -> None:
         try:
             await conn.write_all(self.config.send_timeout)
-        except StalledWrite:
-            self._drop_slow_consumer(conn, f"a write took over {self.config.send_timeout:g} s")
+        except StalledWrite as exc:
+            self._drop_slow_consumer(conn, str(exc))
         except ConnectionClosed as exc:
             if not conn.closing:
                 conn.closing = True
