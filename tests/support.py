@@ -18,9 +18,10 @@ from typing import Any
 import trio
 
 from t2t.client import Client, connect
+from t2t.server.config import RelayConfig
 from t2t.server.credentials import Credentials, load_development
 from t2t.server.passwords import HashCost
-from t2t.server.relay import Relay, RelayConfig
+from t2t.server.relay import Relay
 from t2t.server.storage import Store
 
 FAST_HASH = HashCost(opslimit=1, memlimit=8192)
