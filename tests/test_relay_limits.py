@@ -16,8 +16,9 @@ Rules under test:
   every message.
 - A connection that does not log in within login_timeout is closed with
   1008, even if it pings meanwhile. A logged-in connection that sends
-  nothing for idle_timeout is closed with 1000, and the client's heartbeat
-  pings keep an otherwise idle connection open.
+  nothing for idle_timeout is closed with 1000. Any bytes reset that timer,
+  so WebSocket pings keep an otherwise idle connection open, and so do Ping
+  frames.
 
 Test rules: every relay listens on 127.0.0.1 port 0 with state in
 tmp_path, and every wait is bounded by trio.fail_after. The timeout tests
@@ -41,7 +42,7 @@ import msgspec
 import pytest
 import trio
 import trio.testing
-from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
+from trio_websocket import CloseReason, ConnectionClosed, ConnectionRejected, WebSocketConnection
 
 from _relayio_helpers import Inbox, open_raw, raw_session, read_frame, wait_closed
 from support import running_relay, wait_until
@@ -518,6 +519,32 @@ class TestTimeouts:
         assert reason.reason == "idle for 30 s"
         assert elapsed >= 30
 
+    @pytest.mark.parametrize("heartbeat", ["websocket-ping", "ping-frame"])
+    async def test_pings_reset_idle_timer(self, tmp_path, heartbeat):
+        # The t2t client sends WebSocket pings, and trio-websocket replies to
+        # them without passing anything to the relay. Older clients send Ping
+        # frames. Both must count as activity.
+        async with running_relay(tmp_path, idle_timeout=30) as relay:
+            run_clock_at_real_speed(True)
+            async with raw_session(relay.url, relay.ca_file, "alice") as alice:
+                run_clock_at_real_speed(False)
+                for _ in range(6):  # 120 s, four idle timeouts
+                    await trio.sleep(20)
+                    with trio.fail_after(5):
+                        if heartbeat == "websocket-ping":
+                            await alice.ws.ping()
+                        else:
+                            await alice.sync()
+                last_ping = trio.current_time()
+                connections_while_pinging = relay.relay.connection_count
+                reason = await wait_close_reason(alice.ws, timeout=100)
+                silent = trio.current_time() - last_ping
+
+        assert connections_while_pinging == 1
+        assert reason.code == CLOSE_NORMAL
+        assert reason.reason == "idle for 30 s"
+        assert 30 <= silent < 31
+
     async def test_heartbeat_keeps_alive(self, tmp_path):
         async with running_relay(tmp_path, idle_timeout=30) as relay:
             run_clock_at_real_speed(True)
@@ -537,6 +564,54 @@ class TestTimeouts:
         assert connections == 1
 
 
+# Transport ----------------------------------------------------------------------
+
+
+async def test_fast_path_over_timestamped_stream(tmp_path):
+    # The relay hands trio-websocket a TimestampedStream, and the raw writer
+    # in t2t/server/framing.py must still find trio-websocket's stream and
+    # lock on it, else every frame silently takes the slower send_message path.
+    async with (
+        running_relay(tmp_path) as relay,
+        raw_session(relay.url, relay.ca_file, "alice") as alice,
+    ):
+        [conn] = relay.relay._connections.values()
+        raw_writer = conn.raw
+        await alice.sync()  # the pong goes out through the raw writer
+
+    assert raw_writer is not None
+
+
+async def test_silent_tcp_connection_closed(tmp_path):
+    # A TCP connection that never sends the opening handshake gets
+    # close_timeout seconds, then the relay closes it.
+    async with running_relay(tmp_path, close_timeout=0.5) as relay:
+        port = relay.relay.port
+        assert port is not None
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        start = trio.current_time()
+        with trio.fail_after(5):
+            data = await stream.receive_some()
+        elapsed = trio.current_time() - start
+        await stream.aclose()
+        connections = relay.relay.connection_count
+
+    assert data == b""
+    assert elapsed >= 0.5
+    assert connections == 0
+
+
+async def test_handshake_rejected_during_shutdown(tmp_path):
+    async with running_relay(tmp_path) as relay:
+        relay.relay.shutdown()
+        with pytest.raises(ConnectionRejected) as rejected:
+            async with open_raw(relay.url):
+                pass
+
+    assert rejected.value.status_code == 503
+    assert rejected.value.body == b"relay shutting down"
+
+
 # Closing races ------------------------------------------------------------------
 
 
@@ -546,7 +621,7 @@ async def test_enqueue_after_writer_stopped():
     # closed its queue; that must not raise into the relay's nursery.
     from t2t.server.relay import _Connection
 
-    conn = _Connection(1, object(), queue_size=4)  # type: ignore[arg-type]
+    conn = _Connection(1, object(), object(), queue_size=4)  # type: ignore[arg-type]
     await conn.outbox_receive.aclose()
 
     assert conn.enqueue(b"frame")

@@ -4,11 +4,12 @@ Task tree, all under :meth:`Relay.serve`'s nursery::
 
     serve
     ├── roster publisher       (debounces roster changes, one push per burst)
-    └── WebSocket listener
+    └── WebSocket listener     (t2t.server.transport)
         └── one nursery per connection
+            ├── trio-websocket's reader (parses frames, answers WebSocket pings)
             ├── reader     (get_message -> protocol -> actions)
             ├── writer     (drains the bounded outbound queue)
-            └── heartbeat  (login timeout and idle timeout)
+            └── timer      (login timeout and idle timeout)
 
 When any task of a connection finishes or fails, the connection's nursery is
 cancelled and the WebSocket is closed with the recorded code and reason.
@@ -25,7 +26,7 @@ from collections import Counter
 from typing import Final
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from t2t.crypto.keys import KeyPair
 from t2t.errors import (
@@ -48,6 +49,12 @@ from t2t.protocol.relay import (
 from t2t.server.config import KIB, RelayConfig
 from t2t.server.framing import RawWriter, frame_binary, raw_writer_for
 from t2t.server.passwords import hash_password, verify_password
+from t2t.server.transport import (
+    TimestampedStream,
+    listening_port,
+    open_listeners,
+    serve_websockets,
+)
 
 log = logging.getLogger("t2t.relay")
 
@@ -58,15 +65,21 @@ MAX_WRITE_BATCH: Final = 256 * KIB  # bytes the writer joins into one socket wri
 class _Connection:
     """One WebSocket connection's I/O state."""
 
-    def __init__(self, conn_id: int, ws: WebSocketConnection, queue_size: int) -> None:
+    def __init__(
+        self,
+        conn_id: int,
+        ws: WebSocketConnection,
+        stream: TimestampedStream,
+        queue_size: int,
+    ) -> None:
         self.conn_id = conn_id
         self.ws = ws
+        self.stream = stream  # the stream under ws; its last_received drives the idle timeout
         self.outbox_send, self.outbox_receive = trio.open_memory_channel[bytes | object](queue_size)
         self.scope = trio.CancelScope()
         self.close_code = CLOSE_NORMAL
         self.close_reason = ""
         self.closing = False
-        self.last_received = trio.current_time()
         self.raw = raw_writer_for(ws)
         self.pending_roster: tuple[bytes, bytes] | None = None  # newest roster awaiting room
 
@@ -161,20 +174,18 @@ class Relay:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._publish_rosters, nursery)
-                server = await nursery.start(
-                    lambda task_status: serve_websocket(
+                listeners = await open_listeners(config.host, config.port, config.ssl_context)
+                self.port = listening_port(listeners)
+                await nursery.start(
+                    lambda task_status: serve_websockets(
                         self._handle,
-                        config.host,
-                        config.port,
-                        config.ssl_context,
+                        listeners,
                         handler_nursery=nursery,
                         max_message_size=config.max_message_size,
                         connect_timeout=config.close_timeout,
-                        disconnect_timeout=config.close_timeout,
                         task_status=task_status,
                     )
                 )
-                self.port = server.port
                 scheme = "ws" if config.ssl_context is None else "wss"
                 log.info(
                     "relay listening on %s://%s:%d certificate_key=%s",
@@ -213,22 +224,21 @@ class Relay:
 
     # Per connection ----------------------------------------------------------
 
-    async def _handle(self, request: WebSocketRequest) -> None:
+    async def _handle(self, request: WebSocketRequest, stream: TimestampedStream) -> None:
         if self._shutting_down_now():
             await request.reject(503, body=b"relay shutting down")
             return
         ws = await request.accept()
-        conn = _Connection(next(self._ids), ws, self.config.queue_size)
+        conn = _Connection(next(self._ids), ws, stream, self.config.queue_size)
         self._connections[conn.conn_id] = conn
-        remote = ws.remote
-        log.info("connection opened conn=%d remote=%s", conn.conn_id, remote)
+        log.info("connection opened conn=%d remote=%s", conn.conn_id, stream.peer)
         try:
             conn.enqueue(self.protocol.connect(conn.conn_id))
             with conn.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._read, conn, nursery.cancel_scope)
                     nursery.start_soon(self._write, conn, nursery.cancel_scope)
-                    nursery.start_soon(self._heartbeat, conn)
+                    nursery.start_soon(self._time_out, conn)
         except Exception:
             # A bug triggered by one connection must not take down the relay's
             # nursery and every other connection with it, so log and close.
@@ -266,7 +276,6 @@ class Relay:
         try:
             while not conn.closing:
                 data = await conn.ws.get_message()
-                conn.last_received = trio.current_time()
                 await self._apply(conn, self.protocol.receive(conn.conn_id, data))
         except ConnectionClosed as exc:
             if not conn.closing:
@@ -433,11 +442,18 @@ class Relay:
             if item is _CLOSE_NOW:
                 return
 
-    async def _heartbeat(self, conn: _Connection) -> None:
+    async def _time_out(self, conn: _Connection) -> None:
+        """Close the connection at the login deadline or once it is idle.
+
+        Any received bytes count as activity, WebSocket pings included, so on
+        a connection that only heartbeats this task wakes about once per
+        ``idle_timeout``, not once per ping.
+        """
         config = self.config
         login_deadline = trio.current_time() + config.login_timeout
         while True:
             now = trio.current_time()
+            idle_deadline = conn.stream.last_received + config.idle_timeout
             if self.protocol.state_of(conn.conn_id) in (
                 ConnState.AWAITING_LOGIN,
                 ConnState.VERIFYING,
@@ -447,10 +463,10 @@ class Relay:
                         CLOSE_POLICY_VIOLATION, f"no login within {config.login_timeout:g} s"
                     )
                     return
-                wake = min(login_deadline, conn.last_received + config.idle_timeout)
+                wake = min(login_deadline, idle_deadline)
             else:
-                wake = conn.last_received + config.idle_timeout
-            if now >= conn.last_received + config.idle_timeout:
+                wake = idle_deadline
+            if now >= idle_deadline:
                 conn.close(CLOSE_NORMAL, f"idle for {config.idle_timeout:g} s")
                 return
             await trio.sleep_until(max(wake, now + 0.001))

@@ -1,9 +1,9 @@
 """Accept WebSocket connections and record when each one last received bytes.
 
 The relay's idle timeout counts every byte a client sends, WebSocket control
-frames included. A t2t client heartbeats with RFC 6455 ping frames, which
-trio-websocket answers inside its own reader task without passing them to
-the relay. So the relay wraps each accepted stream in
+frames included. A t2t client heartbeats with RFC 6455 ping frames, and
+trio-websocket sends the pong from its own reader task without passing the
+ping to the relay. So the relay wraps each accepted stream in
 :class:`TimestampedStream` before trio-websocket sees it, and the idle check
 reads the wrapper's ``last_received``.
 
@@ -92,8 +92,8 @@ def listening_port(listeners: Sequence[Listener]) -> int:
         ports.add(socket_listener.socket.getsockname()[1])
     if len(ports) != 1:
         raise RuntimeError(
-            f"the relay listens on several ports {sorted(ports)}; pass a fixed port "
-            "or a host that resolves to one address"
+            f"the listeners are bound to different ports {sorted(ports)}. Pass a nonzero "
+            "port, or a host that resolves to one address"
         )
     return int(ports.pop())
 
@@ -118,7 +118,7 @@ async def serve_websockets(
     async def serve_one(stream: trio.abc.Stream) -> None:
         timestamped = TimestampedStream(stream)
         try:
-            async with trio.open_nursery() as nursery:  # holds trio-websocket's reader task
+            async with trio.open_nursery() as nursery:  # runs trio-websocket's reader task
                 request = None
                 with trio.move_on_after(connect_timeout):
                     request = await wrap_server_stream(
