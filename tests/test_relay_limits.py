@@ -45,7 +45,8 @@ import trio.testing
 from trio_websocket import CloseReason, ConnectionClosed, ConnectionRejected, WebSocketConnection
 
 from _relayio_helpers import Inbox, open_raw, raw_session, read_frame, wait_closed
-from support import running_relay, wait_until
+from support import running_relay, tcp_proxy, wait_until
+from t2t.client import connect
 from t2t.errors import (
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_NORMAL,
@@ -562,6 +563,36 @@ class TestTimeouts:
         assert quiet_reason.code == CLOSE_NORMAL
         assert alive_closed is None
         assert connections == 1
+
+    async def test_client_closes_without_pongs(self, tmp_path):
+        async with running_relay(tmp_path, idle_timeout=600) as relay:
+            assert relay.relay.port is not None
+            async with tcp_proxy(relay.relay.port) as proxy:
+                run_clock_at_real_speed(True)
+                async with connect(
+                    proxy.url,
+                    user="alice",
+                    password="pw-alice",
+                    ca=relay.ca_file,
+                    state_dir=tmp_path / "alice",
+                    heartbeat_interval=20,
+                    heartbeat_timeout=10,
+                ) as alice:
+                    run_clock_at_real_speed(False)
+                    await trio.sleep(65)  # three answered pings
+                    closed_while_answered = alice.closed
+                    proxy.drop_replies = True  # the relay now looks dead to alice
+                    start = trio.current_time()
+                    with trio.fail_after(100):
+                        while alice.closed is None:  # noqa: ASYNC110 (no event to wait on)
+                            await trio.sleep(0.5)
+                    elapsed = trio.current_time() - start
+                    disconnected = alice.closed
+
+        assert closed_while_answered is None
+        assert disconnected.code == CLOSE_NORMAL
+        assert disconnected.reason == "no heartbeat reply within 10 s"
+        assert 10 <= elapsed <= 31  # the next ping within 20 s, then 10 s without its pong
 
 
 # Transport ----------------------------------------------------------------------

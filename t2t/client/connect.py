@@ -84,8 +84,10 @@ async def connect(
             disconnects as a slow consumer.
         connect_timeout: Seconds allowed for connecting and logging in.
         request_timeout: Seconds to wait for the relay's reply to a request.
-        heartbeat_interval: Seconds between pings.
-        heartbeat_timeout: Seconds to wait for a pong before giving up.
+        heartbeat_interval: Seconds between WebSocket pings. The relay
+            closes a connection that sends nothing for its idle timeout.
+        heartbeat_timeout: Seconds to wait for the pong before closing the
+            connection with 1000.
         max_message_size: Largest message sent or accepted, in bytes; keep it
             equal to the relay's ``--max-message-size``.
         ssl_context: TLS settings for ``wss://`` URLs, for example to trust a
