@@ -15,6 +15,8 @@ from trio_websocket import HandshakeError, WebSocketConnection, open_websocket_u
 
 from t2t.client.connection import (
     DEFAULT_EVENT_BUFFER,
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_WINDOW,
     MIN_INBOUND_MESSAGE_SIZE,
@@ -59,8 +61,8 @@ async def connect(
     event_buffer: int = DEFAULT_EVENT_BUFFER,
     connect_timeout: float = 10.0,
     request_timeout: float = 30.0,
-    heartbeat_interval: float = 20.0,
-    heartbeat_timeout: float = 10.0,
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Client]:

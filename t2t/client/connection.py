@@ -68,6 +68,8 @@ DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024  # bytes, the relay's default limit
 MIN_INBOUND_MESSAGE_SIZE: Final = 4 * 1024 * 1024  # bytes; a roster of about 50,000 accounts
 DEFAULT_WINDOW: Final = 64  # unacknowledged group messages per client
 DEFAULT_EVENT_BUFFER: Final = 1024  # events queued for the application
+DEFAULT_HEARTBEAT_INTERVAL: Final = 20.0  # seconds between WebSocket pings
+DEFAULT_HEARTBEAT_TIMEOUT: Final = 10.0  # seconds to wait for each pong
 ROSTER_GRACE: Final = 1.0  # seconds invite() waits for an unknown peer to appear in the roster
 
 _E = TypeVar("_E", bound=Event)
