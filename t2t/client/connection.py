@@ -68,7 +68,12 @@ DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024  # bytes, the relay's default limit
 MIN_INBOUND_MESSAGE_SIZE: Final = 4 * 1024 * 1024  # bytes; a roster of about 50,000 accounts
 DEFAULT_WINDOW: Final = 64  # unacknowledged group messages per client
 DEFAULT_EVENT_BUFFER: Final = 1024  # events queued for the application
-DEFAULT_HEARTBEAT_INTERVAL: Final = 20.0  # seconds between WebSocket pings
+# Seconds between WebSocket pings. Proxies and load balancers often close a
+# connection that carries no data for 60 s (the default of nginx's
+# proxy_read_timeout and of AWS load balancers' idle timeout), so ping at
+# half that. Each ping cost the relay about 0.35 ms of CPU on the benchmark
+# machine in docs/benchmarks.md.
+DEFAULT_HEARTBEAT_INTERVAL: Final = 30.0
 DEFAULT_HEARTBEAT_TIMEOUT: Final = 10.0  # seconds to wait for each pong
 ROSTER_GRACE: Final = 1.0  # seconds invite() waits for an unknown peer to appear in the roster
 

@@ -116,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-timeout",
         type=float,
         default=defaults.idle_timeout,
-        help="seconds without any frame from a client before its connection is closed",
+        help=(
+            "seconds without any bytes from a client, WebSocket pings included, before its "
+            "connection is closed"
+        ),
     )
     limits.add_argument(
         "--login-timeout",

@@ -27,7 +27,9 @@ class RelayConfig:
     send_timeout: float = 5.0  # a queue full for this long drops its connection as slow
     max_pending_logins: int = 64  # password checks queued at once; more are refused with 1013
     max_accounts: int = DEFAULT_MAX_ACCOUNTS  # registrations beyond this are refused
-    idle_timeout: float = 60.0  # close a connection that sends nothing for this long
+    # Close a connection that sends no bytes for this long: three client
+    # heartbeat intervals of 30 s, so a client must miss two pings in a row.
+    idle_timeout: float = 90.0
     login_timeout: float = 10.0  # close a connection that has not logged in by then
     close_timeout: float = 2.0  # how long a closing handshake may take
     roster_debounce: float = 0.05  # gather roster changes for this long before one push
