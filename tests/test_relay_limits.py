@@ -18,7 +18,9 @@ Rules under test:
   1008, even if it pings meanwhile. A logged-in connection that sends
   nothing for idle_timeout is closed with 1000. Any bytes reset that timer,
   so WebSocket pings keep an otherwise idle connection open, and so do Ping
-  frames.
+  frames. A client whose WebSocket ping gets no pong within
+  heartbeat_timeout closes with 1000 and records that reason in its
+  Disconnected event.
 
 Test rules: every relay listens on 127.0.0.1 port 0 with state in
 tmp_path, and every wait is bounded by trio.fail_after. The timeout tests

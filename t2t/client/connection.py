@@ -477,7 +477,8 @@ class Client:
         next_ping = trio.current_time() + self._heartbeat_interval
         while True:
             await trio.sleep_until(next_ping)
-            next_ping += self._heartbeat_interval
+            # Counted from now, so pings after a stalled event loop do not bunch up.
+            next_ping = trio.current_time() + self._heartbeat_interval
             try:
                 with trio.move_on_after(self._heartbeat_timeout) as timer:
                     await self._ws.ping()
