@@ -180,7 +180,19 @@ def _add_idle(scenarios: Any) -> None:
         "--heartbeat",
         type=float,
         default=defaults.heartbeat,
-        help="seconds between one connection's Ping frames (default: %(default)s)",
+        help=(
+            "seconds between one connection's pings; the default is the t2t client's "
+            "heartbeat_interval (default: %(default)s)"
+        ),
+    )
+    parser.add_argument(
+        "--heartbeat-kind",
+        choices=idle.HEARTBEAT_KINDS,
+        default=defaults.heartbeat_kind,
+        help=(
+            "websocket: RFC 6455 ping frames, as the t2t client sends; frame: the Ping frame "
+            "of older clients (default: %(default)s)"
+        ),
     )
     parser.add_argument(
         "--login-concurrency",
@@ -341,6 +353,7 @@ def _params(args: argparse.Namespace) -> Any:
             connections=args.connections,
             seconds=args.seconds,
             heartbeat=args.heartbeat,
+            heartbeat_kind=args.heartbeat_kind,
             login_concurrency=args.login_concurrency,
             roster_debounce=args.roster_debounce,
         )

@@ -19,10 +19,13 @@ the relay gets this scenario's ``--roster-debounce`` (by default 3600 s,
 longer than the run), and no roster is pushed. Pass ``--roster-debounce
 0.05``, the relay's default, to include the pushes.
 
-Heartbeats: each connection sends a Ping frame every ``--heartbeat``
-seconds, the K connections spread evenly over that interval. The schedule
+Heartbeats: each connection sends the heartbeat of the t2t client, a
+WebSocket ping with a random 4-byte payload, every ``--heartbeat`` seconds
+(by default the client's ``heartbeat_interval``), the K connections spread
+evenly over that interval. ``--heartbeat-kind frame`` sends the Ping frame
+of older clients instead, to which the relay still replies. The schedule
 starts with the first login, so early connections stay inside the relay's
-60 s idle timeout while the rest log in.
+idle timeout while the rest log in.
 
 File descriptors: each connection needs one in this process and one in the
 relay. The soft RLIMIT_NOFILE is raised to the hard limit before the relay
@@ -33,6 +36,7 @@ K, K is reduced and the result notes it.
 from __future__ import annotations
 
 import math
+import random
 import resource
 import statistics
 import sys
@@ -44,12 +48,15 @@ import trio
 
 from bench.common import Progress, RelayProcess, Result, run_relay
 from bench.wire import WireClosed, WireSocket, open_wire
+from t2t.client.connection import DEFAULT_HEARTBEAT_INTERVAL
 from t2t.crypto.keys import KeyPair, load_public_identity
 from t2t.errors import T2TError
 from t2t.frames import Ping, Pong, Roster, decode_frame, encode
 from t2t.protocol.client import ClientProtocol, ClientState, Outgoing
+from t2t.server.config import RelayConfig
 
-RELAY_IDLE_TIMEOUT: Final = 60.0  # seconds, the relay's default --idle-timeout
+RELAY_IDLE_TIMEOUT: Final = RelayConfig().idle_timeout  # seconds, the relay's default
+HEARTBEAT_KINDS: Final = ("websocket", "frame")  # WebSocket ping, or the Ping frame
 RESERVED_FDS: Final = 64  # descriptors kept free for files, pipes and the listening socket
 LOGIN_TIMEOUT: Final = 60.0  # seconds for one connection's login
 SETUP_TIMEOUT: Final = 900.0  # seconds for all K connections to log in
@@ -61,7 +68,8 @@ RSS_SAMPLES: Final = 20  # relay RSS readings taken while the connections log in
 class IdleParams:
     connections: int = 10_000
     seconds: float = 30.0  # length of the hold
-    heartbeat: float = 20.0  # seconds between one connection's pings
+    heartbeat: float = DEFAULT_HEARTBEAT_INTERVAL  # seconds between one connection's pings
+    heartbeat_kind: str = "websocket"  # one of HEARTBEAT_KINDS
     login_concurrency: int = 32  # logins in flight; keep below the relay's 64 pending logins
     roster_debounce: float = 3600.0  # passed to the relay; see the module docstring
 
@@ -74,6 +82,11 @@ class IdleParams:
             raise ValueError(
                 f"--heartbeat must be between 0 and the relay's idle timeout of "
                 f"{RELAY_IDLE_TIMEOUT:g} s, got {self.heartbeat}"
+            )
+        if self.heartbeat_kind not in HEARTBEAT_KINDS:
+            raise ValueError(
+                f"--heartbeat-kind must be one of {', '.join(HEARTBEAT_KINDS)}, "
+                f"got {self.heartbeat_kind!r}"
             )
         if self.login_concurrency < 1:
             raise ValueError(
@@ -101,7 +114,7 @@ class _Tally:
     failures: list[str] = field(default_factory=list)
     closed: int = 0  # connections the relay closed
     pings: int = 0
-    pongs: int = 0
+    pong_frames: int = 0  # Pong frames; WebSocket pongs are counted per connection
     roster_bytes: int = 0
     rss_curve: list[tuple[int, int]] = field(default_factory=list)  # (logged in, relay RSS)
     setup_done: trio.Event = field(default_factory=trio.Event)
@@ -124,7 +137,7 @@ class _Connection:
                 for data in await self.ws.get_messages():
                     frame = decode_frame(data)
                     if isinstance(frame, Pong):
-                        tally.pongs += 1
+                        tally.pong_frames += 1
                     elif isinstance(frame, Roster):
                         tally.roster_bytes += len(data)
         except WireClosed:
@@ -195,16 +208,26 @@ async def _heartbeats(
     """Send each logged-in connection a ping every ``heartbeat`` s, spread evenly."""
     count = len(connections)
     rounds = int((SETUP_TIMEOUT + params.seconds) / params.heartbeat) + 2
+    websocket = params.heartbeat_kind == "websocket"
     for round_number in range(rounds):
         for index, connection in enumerate(connections):
             await trio.sleep_until(start + (round_number + index / count) * params.heartbeat)
             if connection is None or connection.closed:
                 continue
             try:
-                await connection.ws.send_message(encode(Ping(round_number * count + index)))
+                if websocket:
+                    await connection.ws.ping(random.randbytes(4))
+                else:
+                    await connection.ws.send_message(encode(Ping(round_number * count + index)))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 continue
             tally.pings += 1
+
+
+def _pongs(connections: list[_Connection | None], tally: _Tally) -> int:
+    """Return the pongs received so far, WebSocket pongs and Pong frames."""
+    websocket_pongs = sum(c.ws.pongs_received for c in connections if c is not None)
+    return websocket_pongs + tally.pong_frames
 
 
 def _slope(points: list[tuple[int, int]]) -> float | None:
@@ -268,8 +291,9 @@ async def run(params: IdleParams, progress: Progress) -> Result:
         pings_in_hold = tally.pings - pings_before
         closed_in_hold = tally.closed - closed_before
         with trio.move_on_after(PONG_GRACE):
-            while tally.pongs < tally.pings:  # noqa: ASYNC110 - 1,000s of readers; poll
+            while _pongs(connections, tally) < tally.pings:  # noqa: ASYNC110 - 1,000s of readers
                 await trio.sleep(0.05)
+        pongs = _pongs(connections, tally)
         nursery.cancel_scope.cancel()
 
     if tally.failed:
@@ -295,9 +319,12 @@ async def run(params: IdleParams, progress: Progress) -> Result:
         "relay_cpu_s": relay_cpu,
         "relay_cpu_percent": relay_cpu / params.seconds * 100,
         "relay_cpu_ms_per_ping": relay_cpu / max(pings_in_hold, 1) * 1000,
+        "heartbeat_kind": params.heartbeat_kind,
+        "heartbeat_s": params.heartbeat,
         "pings_in_hold": pings_in_hold,
+        "pings_per_s": pings_in_hold / params.seconds,
         "pings_sent": tally.pings,
-        "pongs_received": tally.pongs,
+        "pongs_received": pongs,
         "closed_by_relay": tally.closed,
         "closed_in_hold": closed_in_hold,
         "roster_bytes_received": tally.roster_bytes,
@@ -313,7 +340,9 @@ async def run(params: IdleParams, progress: Progress) -> Result:
         "kib_per_connection": metrics["rss_per_connection_kib"],
         "marginal_kib_per_connection": metrics["rss_per_connection_marginal_kib"] or 0.0,
         "idle_cpu_percent": metrics["relay_cpu_percent"],
-        "pings_in_hold": pings_in_hold,
+        "heartbeat": f"{params.heartbeat_kind} every {params.heartbeat:g} s",
+        "pings_per_s": metrics["pings_per_s"],
+        "ms_per_ping": metrics["relay_cpu_ms_per_ping"],
         "closed": tally.closed,
     }
     return Result("idle", vars(params), metrics, [row], notes)

@@ -3,8 +3,9 @@
 One load-generator process must receive every delivery that the relay
 sends, so with trio-websocket on both sides the generator, not the relay,
 runs out of CPU first. This client does only what the benchmark needs: the
-RFC 6455 opening handshake, unfragmented binary frames, pong replies and the
-close handshake, parsing frames straight out of large receive buffers.
+RFC 6455 opening handshake, unfragmented binary frames, pings with a count
+of the pongs received, pong replies and the close handshake, parsing
+frames straight out of large receive buffers.
 
 Client frames are masked with an all-zero key. RFC 6455 wants an
 unpredictable key to protect intermediaries from cache poisoning, which does
@@ -56,6 +57,11 @@ class WireSocket:
         self._buffer = bytearray(leftover)
         self._messages: deque[bytes] = deque()
         self._send_lock = trio.Lock()
+        self.pongs_received = 0  # pong frames, counted while get_message() reads
+
+    async def ping(self, payload: bytes) -> None:
+        """Send a WebSocket ping. Its pong adds one to :attr:`pongs_received`."""
+        await self._send_control(_OP_PING, payload)
 
     async def send_message(self, payload: bytes) -> None:
         async with self._send_lock:
@@ -118,6 +124,8 @@ class WireSocket:
                 self._messages.append(payload)
             elif opcode == _OP_PING:
                 await self._send_control(_OP_PONG, payload)
+            elif opcode == _OP_PONG:
+                self.pongs_received += 1
             elif opcode == _OP_CLOSE:
                 raise WireClosed(f"relay sent close frame {payload[:2].hex()}")
         del buffer[:offset]

@@ -9,18 +9,21 @@ cost is tested on its own.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from t2t.client import Client, connect
+from t2t.server.config import RelayConfig
 from t2t.server.credentials import Credentials, load_development
 from t2t.server.passwords import HashCost
-from t2t.server.relay import Relay, RelayConfig
+from t2t.server.relay import Relay
 from t2t.server.storage import Store
 
 FAST_HASH = HashCost(opslimit=1, memlimit=8192)
@@ -67,6 +70,41 @@ async def running_relay(data_dir: Path, **config: Any) -> AsyncIterator[RunningR
             nursery.cancel_scope.cancel()
     finally:
         store.close()
+
+
+@dataclass
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1. Set ``drop_replies`` to discard the bytes the relay sends."""
+
+    url: str
+    drop_replies: bool = False
+
+
+@asynccontextmanager
+async def tcp_proxy(relay_port: int) -> AsyncIterator[TcpProxy]:
+    """Forward connections from a free port on 127.0.0.1 to ``relay_port``."""
+
+    async def handle(client: trio.SocketStream) -> None:
+        relay = await trio.open_tcp_stream("127.0.0.1", relay_port)
+        async with client, relay, trio.open_nursery() as nursery:
+
+            async def forward(
+                source: trio.SocketStream, sink: trio.SocketStream, dropping: Any
+            ) -> None:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    async for data in source:
+                        if not dropping():
+                            await sink.send_all(data)
+                nursery.cancel_scope.cancel()  # one side closed, so close both
+
+            nursery.start_soon(forward, client, relay, lambda: False)
+            nursery.start_soon(forward, relay, client, lambda: proxy.drop_replies)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+        proxy = TcpProxy(f"ws://127.0.0.1:{listeners[0].socket.getsockname()[1]}")
+        yield proxy
+        nursery.cancel_scope.cancel()
 
 
 async def wait_until(predicate: Any, timeout: float = 5.0) -> None:

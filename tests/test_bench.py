@@ -85,7 +85,10 @@ IDLE_KEYS = {
     "relay_cpu_s",
     "relay_cpu_percent",
     "relay_cpu_ms_per_ping",
+    "heartbeat_kind",
+    "heartbeat_s",
     "pings_in_hold",
+    "pings_per_s",
     "pings_sent",
     "pongs_received",
     "closed_by_relay",
@@ -157,12 +160,24 @@ def test_login_returning_only(tmp_path: Path):
     assert result["metrics"]["returning"]["failed_logins"] == 0
 
 
-def test_idle_holds_connections(tmp_path: Path):
+@pytest.mark.parametrize("kind", ["websocket", "frame"])
+def test_idle_holds_connections(tmp_path: Path, kind: str):
     result = run_bench(
-        tmp_path, "idle", "--connections", "5", "--seconds", "1", "--heartbeat", "0.2", "--plot"
+        tmp_path,
+        "idle",
+        "--connections",
+        "5",
+        "--seconds",
+        "1",
+        "--heartbeat",
+        "0.2",
+        "--heartbeat-kind",
+        kind,
+        "--plot",
     )
     metrics = result["metrics"]
     assert IDLE_KEYS - set(metrics) == set()
+    assert metrics["heartbeat_kind"] == kind
     assert metrics["connections"] == 5
     assert metrics["failed_logins"] == 0
     assert metrics["closed_by_relay"] == 0

@@ -16,8 +16,11 @@ Rules under test:
   every message.
 - A connection that does not log in within login_timeout is closed with
   1008, even if it pings meanwhile. A logged-in connection that sends
-  nothing for idle_timeout is closed with 1000, and the client's heartbeat
-  pings keep an otherwise idle connection open.
+  nothing for idle_timeout is closed with 1000. Any bytes reset that timer,
+  so WebSocket pings keep an otherwise idle connection open, and so do Ping
+  frames. A client whose WebSocket ping gets no pong within
+  heartbeat_timeout closes with 1000 and records that reason in its
+  Disconnected event.
 
 Test rules: every relay listens on 127.0.0.1 port 0 with state in
 tmp_path, and every wait is bounded by trio.fail_after. The timeout tests
@@ -41,10 +44,11 @@ import msgspec
 import pytest
 import trio
 import trio.testing
-from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
+from trio_websocket import CloseReason, ConnectionClosed, ConnectionRejected, WebSocketConnection
 
 from _relayio_helpers import Inbox, open_raw, raw_session, read_frame, wait_closed
-from support import running_relay, wait_until
+from support import running_relay, tcp_proxy, wait_until
+from t2t.client import connect
 from t2t.errors import (
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_NORMAL,
@@ -518,6 +522,32 @@ class TestTimeouts:
         assert reason.reason == "idle for 30 s"
         assert elapsed >= 30
 
+    @pytest.mark.parametrize("heartbeat", ["websocket-ping", "ping-frame"])
+    async def test_pings_reset_idle_timer(self, tmp_path, heartbeat):
+        # The t2t client sends WebSocket pings, and trio-websocket replies to
+        # them without passing anything to the relay. Older clients send Ping
+        # frames. Both must count as activity.
+        async with running_relay(tmp_path, idle_timeout=30) as relay:
+            run_clock_at_real_speed(True)
+            async with raw_session(relay.url, relay.ca_file, "alice") as alice:
+                run_clock_at_real_speed(False)
+                for _ in range(6):  # 120 s, four idle timeouts
+                    await trio.sleep(20)
+                    with trio.fail_after(5):
+                        if heartbeat == "websocket-ping":
+                            await alice.ws.ping()
+                        else:
+                            await alice.sync()
+                last_ping = trio.current_time()
+                connections_while_pinging = relay.relay.connection_count
+                reason = await wait_close_reason(alice.ws, timeout=100)
+                silent = trio.current_time() - last_ping
+
+        assert connections_while_pinging == 1
+        assert reason.code == CLOSE_NORMAL
+        assert reason.reason == "idle for 30 s"
+        assert 30 <= silent < 31
+
     async def test_heartbeat_keeps_alive(self, tmp_path):
         async with running_relay(tmp_path, idle_timeout=30) as relay:
             run_clock_at_real_speed(True)
@@ -535,6 +565,84 @@ class TestTimeouts:
         assert quiet_reason.code == CLOSE_NORMAL
         assert alive_closed is None
         assert connections == 1
+
+    async def test_client_closes_without_pongs(self, tmp_path):
+        async with running_relay(tmp_path, idle_timeout=600) as relay:
+            assert relay.relay.port is not None
+            async with tcp_proxy(relay.relay.port) as proxy:
+                run_clock_at_real_speed(True)
+                async with connect(
+                    proxy.url,
+                    user="alice",
+                    password="pw-alice",
+                    ca=relay.ca_file,
+                    state_dir=tmp_path / "alice",
+                    heartbeat_interval=20,
+                    heartbeat_timeout=10,
+                ) as alice:
+                    run_clock_at_real_speed(False)
+                    await trio.sleep(65)  # three answered pings
+                    closed_while_answered = alice.closed
+                    proxy.drop_replies = True  # the relay now looks dead to alice
+                    start = trio.current_time()
+                    with trio.fail_after(100):
+                        while alice.closed is None:  # noqa: ASYNC110 (no event to wait on)
+                            await trio.sleep(0.5)
+                    elapsed = trio.current_time() - start
+                    disconnected = alice.closed
+
+        assert closed_while_answered is None
+        assert disconnected.code == CLOSE_NORMAL
+        assert disconnected.reason == "no heartbeat reply within 10 s"
+        assert 10 <= elapsed <= 31  # the next ping within 20 s, then 10 s without its pong
+
+
+# Transport ----------------------------------------------------------------------
+
+
+async def test_fast_path_over_timestamped_stream(tmp_path):
+    # The relay hands trio-websocket a TimestampedStream, and the raw writer
+    # in t2t/server/framing.py must still find trio-websocket's stream and
+    # lock on it, else every frame silently takes the slower send_message path.
+    async with (
+        running_relay(tmp_path) as relay,
+        raw_session(relay.url, relay.ca_file, "alice") as alice,
+    ):
+        [conn] = relay.relay._connections.values()
+        raw_writer = conn.raw
+        await alice.sync()  # the pong goes out through the raw writer
+
+    assert raw_writer is not None
+
+
+async def test_silent_tcp_connection_closed(tmp_path):
+    # A TCP connection that never sends the opening handshake gets
+    # close_timeout seconds, then the relay closes it.
+    async with running_relay(tmp_path, close_timeout=0.5) as relay:
+        port = relay.relay.port
+        assert port is not None
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        start = trio.current_time()
+        with trio.fail_after(5):
+            data = await stream.receive_some()
+        elapsed = trio.current_time() - start
+        await stream.aclose()
+        connections = relay.relay.connection_count
+
+    assert data == b""
+    assert elapsed >= 0.5
+    assert connections == 0
+
+
+async def test_handshake_rejected_during_shutdown(tmp_path):
+    async with running_relay(tmp_path) as relay:
+        relay.relay.shutdown()
+        with pytest.raises(ConnectionRejected) as rejected:
+            async with open_raw(relay.url):
+                pass
+
+    assert rejected.value.status_code == 503
+    assert rejected.value.body == b"relay shutting down"
 
 
 # Closing races ------------------------------------------------------------------

@@ -20,6 +20,8 @@ from trio_websocket import (
 
 from t2t.client.connection import (
     DEFAULT_EVENT_BUFFER,
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_WINDOW,
     MIN_INBOUND_MESSAGE_SIZE,
@@ -64,8 +66,8 @@ async def connect(
     event_buffer: int = DEFAULT_EVENT_BUFFER,
     connect_timeout: float = 10.0,
     request_timeout: float = 30.0,
-    heartbeat_interval: float = 20.0,
-    heartbeat_timeout: float = 10.0,
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Client]:
@@ -89,8 +91,10 @@ async def connect(
             disconnects as a slow consumer.
         connect_timeout: Seconds allowed for connecting and logging in.
         request_timeout: Seconds to wait for the relay's reply to a request.
-        heartbeat_interval: Seconds between pings.
-        heartbeat_timeout: Seconds to wait for a pong before giving up.
+        heartbeat_interval: Seconds between WebSocket pings. The relay
+            closes a connection that sends nothing for its idle timeout.
+        heartbeat_timeout: Seconds to wait for the pong before closing the
+            connection with 1000.
         max_message_size: Largest message sent or accepted, in bytes; keep it
             equal to the relay's ``--max-message-size``.
         ssl_context: TLS settings for ``wss://`` URLs, for example to trust a

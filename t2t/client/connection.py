@@ -9,7 +9,7 @@ Task tree, all inside the nursery that :func:`connect` opens::
     ├── trio-websocket's own connection tasks
     ├── reader     (get_message -> protocol -> replies, events)
     ├── dispatch   (runs callbacks, then feeds client.events())
-    └── heartbeat  (ping every heartbeat_interval, expect a pong)
+    └── heartbeat  (WebSocket ping every heartbeat_interval, expect its pong)
 
 Leaving the ``async with`` block cancels all of them and closes the
 WebSocket; it never waits for unread events.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -69,6 +68,13 @@ DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024  # bytes, the relay's default limit
 MIN_INBOUND_MESSAGE_SIZE: Final = 4 * 1024 * 1024  # bytes; a roster of about 50,000 accounts
 DEFAULT_WINDOW: Final = 64  # unacknowledged group messages per client
 DEFAULT_EVENT_BUFFER: Final = 1024  # events queued for the application
+# Seconds between WebSocket pings. Proxies and load balancers often close a
+# connection that carries no data for 60 s (the default of nginx's
+# proxy_read_timeout and of AWS load balancers' idle timeout), so ping at
+# half that. Each ping cost the relay about 0.35 ms of CPU on the benchmark
+# machine in docs/benchmarks.md.
+DEFAULT_HEARTBEAT_INTERVAL: Final = 30.0
+DEFAULT_HEARTBEAT_TIMEOUT: Final = 10.0  # seconds to wait for each pong
 ROSTER_GRACE: Final = 1.0  # seconds invite() waits for an unknown peer to appear in the roster
 
 _E = TypeVar("_E", bound=Event)
@@ -123,10 +129,7 @@ class Client:
         self._events_wanted = False
         self._roster_updated = trio.Event()
         self._undecided: set[str] = set()  # groups whose invite awaits the decision callback
-        self._ping_nonce = 0
         self._disconnected: Disconnected | None = None
-        self._last_pong = trio.current_time()
-        self._nonces = itertools.count(1)
         self._cancel: trio.CancelScope | None = None
 
     # Public API ------------------------------------------------------------
@@ -308,9 +311,8 @@ class Client:
                 self._resolve(key, error)
             case InviteOffer():
                 self._on_invite_offer(output)
-            case PongReceived(nonce):
-                if nonce == self._ping_nonce:
-                    self._last_pong = trio.current_time()
+            case PongReceived():
+                pass  # the heartbeat uses WebSocket pings, so a Pong frame needs no action
             case Conflict():
                 has_handler = self._events_wanted or any(
                     issubclass(Conflict, kind) for kind in self._callbacks
@@ -472,28 +474,37 @@ class Client:
                     log.exception("callback %r failed on %s", callback, type(event).__name__)
 
     async def _heartbeat(self) -> None:
-        # A ping every heartbeat_interval seconds; the reply is checked
-        # heartbeat_timeout seconds after each ping, which connect() keeps
-        # shorter than the interval.
+        # A WebSocket ping (RFC 6455) every heartbeat_interval seconds. The
+        # relay's trio-websocket sends the pong from its own reader task, so
+        # this costs the relay less CPU than a Ping frame. ping() returns once
+        # the pong arrives. connect() keeps heartbeat_timeout shorter than the
+        # interval, so at most one ping is in flight.
+        next_ping = trio.current_time() + self._heartbeat_interval
         while True:
-            await trio.sleep(self._heartbeat_interval - self._heartbeat_timeout)
-            sent_at = trio.current_time()
-            self._ping_nonce = next(self._nonces)
+            await trio.sleep_until(next_ping)
+            # Counted from now, so pings after a stalled event loop do not bunch up.
+            next_ping = trio.current_time() + self._heartbeat_interval
             try:
-                await self._ws.send_message(self._protocol.ping(self._ping_nonce))
+                with trio.move_on_after(self._heartbeat_timeout) as timer:
+                    await self._ws.ping()
             except ConnectionClosed:
                 return
-            await trio.sleep(self._heartbeat_timeout)
-            if self._last_pong < sent_at:
+            if timer.cancelled_caught:
+                if self._ws.closed is not None:
+                    # The connection closed first. trio-websocket 0.12 does not
+                    # wake a pending ping() on close, so the wait ran out.
+                    return
                 reason = f"no heartbeat reply within {self._heartbeat_timeout:g} s"
                 log.warning("closing connection: %s", reason)
                 await self._close(CLOSE_NORMAL, reason)
                 return
 
     async def _close(self, code: int, reason: str) -> None:
+        # Record the reason first: aclose() wakes the reader, which would
+        # otherwise record trio-websocket's generic local close reason.
+        self._finish(code, reason)
         with trio.move_on_after(2):
             await self._ws.aclose(code, reason)
-        self._finish(code, reason)
 
     def _finish(self, code: int | None, reason: str) -> None:
         """Record the disconnect, fail pending requests and end the event stream."""

@@ -14,9 +14,10 @@ import trio
 
 from t2t._version import __version__
 from t2t.errors import KeyFileError
+from t2t.server.config import RelayConfig
 from t2t.server.credentials import Credentials, SetupError, load_development, load_production
 from t2t.server.passwords import DEFAULT_MEMLIMIT, DEFAULT_OPSLIMIT, MIB, HashCost
-from t2t.server.relay import Relay, RelayConfig
+from t2t.server.relay import Relay
 from t2t.server.storage import Store
 
 log = logging.getLogger("t2t.relay")
@@ -120,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-timeout",
         type=float,
         default=defaults.idle_timeout,
-        help="seconds without any frame from a client before its connection is closed",
+        help=(
+            "seconds without any bytes from a client, WebSocket pings included, before its "
+            "connection is closed"
+        ),
     )
     limits.add_argument(
         "--login-timeout",

@@ -82,7 +82,6 @@ class Outbox:
         self.close_code = CLOSE_NORMAL
         self.close_reason = ""
         self.closing = False
-        self.last_received = trio.current_time()
         self.raw = raw_writer_for(ws)
         self.pending_roster: tuple[bytes, bytes] | None = None  # newest roster awaiting room
         self.held_acks: deque[bytes] = deque()  # acknowledgements waiting for queue room

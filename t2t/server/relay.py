@@ -4,11 +4,12 @@ Task tree, all under :meth:`Relay.serve`'s nursery::
 
     serve
     ├── roster publisher       (debounces roster changes, one push per burst)
-    └── WebSocket listener
+    └── WebSocket listener     (t2t.server.transport)
         └── one nursery per connection
+            ├── trio-websocket's reader (parses frames, answers WebSocket pings)
             ├── reader     (get_message -> protocol -> actions)
             ├── writer     (drains the bounded outbound queue; acks after the write)
-            └── heartbeat  (login timeout and idle timeout)
+            └── timer      (login timeout and idle timeout)
 
 When any task of a connection finishes or fails, the connection's nursery is
 cancelled and the WebSocket is closed with the recorded code and reason.
@@ -21,13 +22,11 @@ import itertools
 import logging
 import math
 import sqlite3
-import ssl
 from collections import Counter
-from dataclasses import dataclass, field
 from functools import partial
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketRequest
 
 from t2t.crypto.keys import KeyPair
 from t2t.errors import (
@@ -40,8 +39,6 @@ from t2t.errors import (
     close_details,
 )
 from t2t.protocol.relay import (
-    DEFAULT_MAX_ACCOUNTS,
-    DEFAULT_RESUME_TTL,
     Action,
     CheckPassword,
     Close,
@@ -51,65 +48,18 @@ from t2t.protocol.relay import (
     RelayStore,
     Send,
 )
+from t2t.server.config import RelayConfig
 from t2t.server.framing import frame_binary
-from t2t.server.outbox import KIB, MAX_HELD_ACKS, Delivery, Outbox, StalledWrite
-from t2t.server.passwords import HashCost, hash_password, verify_password
+from t2t.server.outbox import MAX_HELD_ACKS, Delivery, Outbox, StalledWrite
+from t2t.server.passwords import hash_password, verify_password
+from t2t.server.transport import (
+    TimestampedStream,
+    listening_port,
+    open_listeners,
+    serve_websockets,
+)
 
 log = logging.getLogger("t2t.relay")
-
-
-@dataclass(frozen=True, slots=True)
-class RelayConfig:
-    """Relay limits and timeouts. Times are in seconds, sizes in bytes."""
-
-    host: str = "127.0.0.1"
-    port: int = 8765  # 0 picks a free port; see Relay.port
-    max_message_size: int = 64 * KIB  # larger inbound messages close with 1009
-    # Outbound frames queued per connection. A short queue keeps latency low
-    # under overload: once it is full the sender's reader waits, and the
-    # wait reaches the sender through its window of unacknowledged messages.
-    queue_size: int = 32
-    # A queue full for this long, or one write taking this long, drops the
-    # connection as a slow consumer.
-    send_timeout: float = 5.0
-    max_pending_logins: int = 64  # password checks queued at once; more are refused with 1013
-    max_accounts: int = DEFAULT_MAX_ACCOUNTS  # registrations beyond this are refused
-    idle_timeout: float = 60.0  # close a connection that sends nothing for this long
-    login_timeout: float = 10.0  # close a connection that has not logged in by then
-    close_timeout: float = 2.0  # how long a closing handshake may take
-    roster_debounce: float = 0.05  # gather roster changes for this long before one push
-    hash_threads: int = 2  # password hashes running at once
-    hash_cost: HashCost = field(default_factory=HashCost)
-    resume_ttl: float = DEFAULT_RESUME_TTL  # resume token lifetime; 0 disables tokens
-    ssl_context: ssl.SSLContext | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("idle_timeout", "login_timeout", "close_timeout", "send_timeout"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(
-                    f"{_option(name)} must be a positive number of seconds, got {value}"
-                )
-        for name in ("roster_debounce", "resume_ttl"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{_option(name)} must be zero or more seconds, got {value}")
-        if self.max_message_size < KIB:
-            raise ValueError(
-                f"max_message_size must be at least {KIB} bytes, got {self.max_message_size}"
-            )
-        if self.queue_size < 1:
-            raise ValueError(f"queue_size must be at least 1, got {self.queue_size}")
-        if self.max_accounts < 1:
-            raise ValueError(f"max_accounts must be at least 1, got {self.max_accounts}")
-        if self.max_pending_logins < 1:
-            raise ValueError(
-                f"max_pending_logins must be at least 1, got {self.max_pending_logins}"
-            )
-        if self.hash_threads < 1:
-            raise ValueError(f"hash_threads must be at least 1, got {self.hash_threads}")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be between 0 and 65535, got {self.port}")
 
 
 class Relay:
@@ -161,20 +111,18 @@ class Relay:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._publish_rosters, nursery)
-                server = await nursery.start(
-                    lambda task_status: serve_websocket(
+                listeners = await open_listeners(config.host, config.port, config.ssl_context)
+                self.port = listening_port(listeners)
+                await nursery.start(
+                    lambda task_status: serve_websockets(
                         self._handle,
-                        config.host,
-                        config.port,
-                        config.ssl_context,
+                        listeners,
                         handler_nursery=nursery,
                         max_message_size=config.max_message_size,
                         connect_timeout=config.close_timeout,
-                        disconnect_timeout=config.close_timeout,
                         task_status=task_status,
                     )
                 )
-                self.port = server.port
                 scheme = "ws" if config.ssl_context is None else "wss"
                 log.info(
                     "relay listening on %s://%s:%d certificate_key=%s",
@@ -219,22 +167,21 @@ class Relay:
 
     # Per connection ----------------------------------------------------------
 
-    async def _handle(self, request: WebSocketRequest) -> None:
+    async def _handle(self, request: WebSocketRequest, stream: TimestampedStream) -> None:
         if self._shutting_down_now():
             await request.reject(503, body=b"relay shutting down")
             return
         ws = await request.accept()
         conn = Outbox(next(self._ids), ws, self.config.queue_size)
         self._connections[conn.conn_id] = conn
-        remote = ws.remote
-        log.info("connection opened conn=%d remote=%s", conn.conn_id, remote)
+        log.info("connection opened conn=%d remote=%s", conn.conn_id, stream.peer)
         try:
             conn.enqueue(self.protocol.connect(conn.conn_id))
             with conn.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._read, conn, nursery.cancel_scope)
                     nursery.start_soon(self._write, conn, nursery.cancel_scope)
-                    nursery.start_soon(self._heartbeat, conn)
+                    nursery.start_soon(self._time_out, conn, stream)
         except Exception:
             # A bug triggered by one connection must not take down the relay's
             # nursery and every other connection with it, so log and close.
@@ -273,7 +220,6 @@ class Relay:
         try:
             while not conn.closing:
                 data = await conn.ws.get_message()
-                conn.last_received = trio.current_time()
                 await self._apply(conn, self.protocol.receive(conn.conn_id, data))
         except ConnectionClosed as exc:
             if not conn.closing:
@@ -428,11 +374,18 @@ class Relay:
             return
         self._drop_slow_consumer(conn, f"{MAX_HELD_ACKS} acknowledgements not read")
 
-    async def _heartbeat(self, conn: Outbox) -> None:
+    async def _time_out(self, conn: Outbox, stream: TimestampedStream) -> None:
+        """Close the connection at the login deadline or once it is idle.
+
+        Any received bytes count as activity, WebSocket pings included, so on
+        a connection that only heartbeats this task wakes about once per
+        ``idle_timeout``, not once per ping.
+        """
         config = self.config
         login_deadline = trio.current_time() + config.login_timeout
         while True:
             now = trio.current_time()
+            idle_deadline = stream.last_received + config.idle_timeout
             if self.protocol.state_of(conn.conn_id) in (
                 ConnState.AWAITING_LOGIN,
                 ConnState.VERIFYING,
@@ -442,10 +395,10 @@ class Relay:
                         CLOSE_POLICY_VIOLATION, f"no login within {config.login_timeout:g} s"
                     )
                     return
-                wake = min(login_deadline, conn.last_received + config.idle_timeout)
+                wake = min(login_deadline, idle_deadline)
             else:
-                wake = conn.last_received + config.idle_timeout
-            if now >= conn.last_received + config.idle_timeout:
+                wake = idle_deadline
+            if now >= idle_deadline:
                 conn.close(CLOSE_NORMAL, f"idle for {config.idle_timeout:g} s")
                 return
             await trio.sleep_until(max(wake, now + 0.001))
@@ -486,11 +439,6 @@ class Relay:
             await self._send(conn.conn_id, frame, wire)
             if conn.pending_roster == (frame, wire):
                 conn.pending_roster = None
-
-
-def _option(field_name: str) -> str:
-    """Name a config field together with its command line option."""
-    return f"{field_name} (--{field_name.replace('_', '-')})"
 
 
 def _format_host(host: str) -> str:

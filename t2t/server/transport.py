@@ -1,0 +1,135 @@
+"""Accept WebSocket connections and record when each one last received bytes.
+
+The relay's idle timeout counts every byte a client sends, WebSocket control
+frames included. A t2t client heartbeats with RFC 6455 ping frames, and
+trio-websocket sends the pong from its own reader task without passing the
+ping to the relay. So the relay wraps each accepted stream in
+:class:`TimestampedStream` before trio-websocket sees it, and the idle check
+reads the wrapper's ``last_received``.
+
+:func:`serve_websockets` does what trio-websocket's ``WebSocketServer`` does
+for each connection, through its public ``wrap_server_stream``, so that the
+handler gets the wrapper together with the request.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn
+
+import trio
+from trio_websocket import WebSocketRequest, wrap_server_stream
+
+Listener = trio.SocketListener | trio.SSLListener[trio.SocketStream]
+Handler = Callable[[WebSocketRequest, "TimestampedStream"], Awaitable[None]]
+
+
+class TimestampedStream(trio.abc.Stream):
+    """A stream that stores the trio time of its latest ``receive_some``.
+
+    Every method other than ``receive_some`` passes straight through.
+    ``last_received`` starts at the time the stream was accepted.
+    """
+
+    __slots__ = ("_stream", "last_received")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self.last_received = trio.current_time()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self._stream.receive_some(max_bytes)
+        self.last_received = trio.current_time()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    @property
+    def peer(self) -> str:
+        """The remote address as ``host:port``, or the stream's repr if it has no socket."""
+        stream = self._stream
+        if isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        if not isinstance(stream, trio.SocketStream):
+            return repr(stream)
+        host, port, *_ = stream.socket.getpeername()
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def open_listeners(
+    host: str, port: int, ssl_context: ssl.SSLContext | None
+) -> Sequence[Listener]:
+    """Open the TCP (or TLS over TCP) listeners that ``serve_websocket`` would open."""
+    if ssl_context is None:
+        return await trio.open_tcp_listeners(port, host=host)
+    return await trio.open_ssl_over_tcp_listeners(
+        port, ssl_context, host=host, https_compatible=True
+    )
+
+
+def listening_port(listeners: Sequence[Listener]) -> int:
+    """Return the port the listeners are bound to.
+
+    Raises:
+        RuntimeError: the listeners are bound to different ports, which
+            happens when a host name resolves to several addresses and the
+            requested port is 0.
+    """
+    ports = set()
+    for listener in listeners:
+        socket_listener = (
+            listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
+        )
+        assert isinstance(socket_listener, trio.SocketListener)
+        ports.add(socket_listener.socket.getsockname()[1])
+    if len(ports) != 1:
+        raise RuntimeError(
+            f"the listeners are bound to different ports {sorted(ports)}. Pass a nonzero "
+            "port, or a host that resolves to one address"
+        )
+    return int(ports.pop())
+
+
+async def serve_websockets(
+    handler: Handler,
+    listeners: Sequence[Listener],
+    *,
+    handler_nursery: trio.Nursery,
+    max_message_size: int,
+    connect_timeout: float,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve WebSocket connections on ``listeners`` until cancelled.
+
+    Calls ``handler(request, stream)`` for each opening handshake that
+    completes within ``connect_timeout`` seconds. The handler must accept or
+    reject the request and close an accepted connection. Whatever it leaves
+    open is closed without a closing handshake when it returns.
+    """
+
+    async def serve_one(stream: trio.abc.Stream) -> None:
+        timestamped = TimestampedStream(stream)
+        try:
+            async with trio.open_nursery() as nursery:  # runs trio-websocket's reader task
+                request = None
+                with trio.move_on_after(connect_timeout):
+                    request = await wrap_server_stream(
+                        nursery, timestamped, max_message_size=max_message_size
+                    )
+                if request is not None:
+                    await handler(request, timestamped)
+                nursery.cancel_scope.cancel()
+        finally:
+            await trio.aclose_forcefully(timestamped)
+
+    await trio.serve_listeners(
+        serve_one, list(listeners), handler_nursery=handler_nursery, task_status=task_status
+    )
