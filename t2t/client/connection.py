@@ -66,7 +66,10 @@ log = logging.getLogger("t2t.client")
 
 DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024  # bytes, the relay's default limit
 MIN_INBOUND_MESSAGE_SIZE: Final = 4 * 1024 * 1024  # bytes; a roster of about 50,000 accounts
-DEFAULT_WINDOW: Final = 64  # unacknowledged group messages per client
+# Unacknowledged group messages per client. Under overload a message waits
+# behind about (senders x window) others, so a small window keeps latency
+# low; docs/benchmarks.md measures the trade against throughput.
+DEFAULT_WINDOW: Final = 8
 DEFAULT_EVENT_BUFFER: Final = 1024  # events queued for the application
 # Seconds between WebSocket pings. Proxies and load balancers often close a
 # connection that carries no data for 60 s (the default of nginx's
