@@ -659,3 +659,18 @@ async def test_enqueue_after_writer_stopped():
 
     assert conn.enqueue(b"frame")
     assert conn.closing
+
+
+@pytest.mark.anyio
+async def test_peer_of_disconnected_stream():
+    # The relay logs the peer address of each new connection; a peer that is
+    # already gone must not turn that log line into an exception.
+    from t2t.server.transport import TimestampedStream
+
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    with sock:
+        stream = TimestampedStream(trio.SocketStream(sock))
+
+        peer = stream.peer
+
+    assert peer.startswith("unknown")

@@ -14,12 +14,15 @@ handler gets the wrapper together with the request.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 import trio
 from trio_websocket import WebSocketRequest, wrap_server_stream
+
+log = logging.getLogger("t2t.relay")
 
 Listener = trio.SocketListener | trio.SSLListener[trio.SocketStream]
 Handler = Callable[[WebSocketRequest, "TimestampedStream"], Awaitable[None]]
@@ -60,7 +63,10 @@ class TimestampedStream(trio.abc.Stream):
             stream = stream.transport_stream
         if not isinstance(stream, trio.SocketStream):
             return repr(stream)
-        host, port, *_ = stream.socket.getpeername()
+        try:
+            host, port, *_ = stream.socket.getpeername()
+        except OSError:
+            return "unknown (the peer has already disconnected)"
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -127,6 +133,10 @@ async def serve_websockets(
                 if request is not None:
                     await handler(request, timestamped)
                 nursery.cancel_scope.cancel()
+        except Exception:
+            # A failure on one connection must not reach the listeners'
+            # nursery, which would stop the whole relay.
+            log.exception("connection handler failed peer=%s", timestamped.peer)
         finally:
             await trio.aclose_forcefully(timestamped)
 
