@@ -674,3 +674,55 @@ async def test_peer_of_disconnected_stream():
         peer = stream.peer
 
     assert peer.startswith("unknown")
+
+
+# Peers that break off around the handshake or the close -----------------------
+
+_HANDSHAKE = (
+    b"GET / HTTP/1.1\r\nHost: relay.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+_MASKED_TEXT_HI = b"\x81\x82\x00\x00\x00\x00hi"  # a text frame, which the relay closes with 1002
+_MASKED_PING = b"\x89\x81\x00\x00\x00\x00k"
+
+
+async def _break_off(port: int, how: str) -> None:
+    """Open a raw TCP connection to the relay and misbehave in one of three ways."""
+    sock = trio.socket.socket()
+    await sock.connect(("127.0.0.1", port))
+    with sock:
+        await sock.send(_HANDSHAKE)
+        if how == "reset":
+            # SO_LINGER with a zero timeout turns close() into a TCP reset.
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        elif how == "ping while closing":
+            await sock.recv(4096)  # 101 Switching Protocols
+            await sock.send(_MASKED_TEXT_HI)
+            await trio.sleep(0.3)  # the relay has sent its close frame by now
+            await sock.send(_MASKED_PING)
+            await trio.sleep(0.3)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["reset", "close", "ping while closing"])
+async def test_peer_breaking_off_spares_relay(tmp_path, caplog, how):
+    caplog.set_level(logging.INFO, logger="t2t.relay")
+    with trio.fail_after(30):
+        async with (
+            running_relay(tmp_path) as relay,
+            relay.client("alice") as alice,
+            relay.client("bob") as bob,
+        ):
+            inbox = Inbox(bob, InviteReceived, MessageReceived)
+            await alice.invite("bob", "team")
+            await inbox.wait_for(InviteReceived)
+            port = int(relay.url.rsplit(":", 1)[1])
+            for _ in range(3):
+                await _break_off(port, how)
+            await wait_until(lambda: relay.relay.connection_count == 2)
+            await alice.send("team", "still here")
+            received = await inbox.wait_for(MessageReceived)
+
+    assert received.text == "still here"
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert failures == []

@@ -427,3 +427,11 @@ def test_help_gives_units(tmp_path):
     assert "seconds" in result.stdout
     assert "bytes" in result.stdout
     assert "MiB" in result.stdout
+
+
+@pytest.mark.anyio
+async def test_send_timeout_above_request_timeout_warns(tmp_path):
+    async with relay_process(tmp_path / "data", "relay", "--send-timeout", "40") as relay:
+        log = await relay.log()
+
+    assert "--send-timeout 40 s is not below the clients' default request timeout of 30 s" in log

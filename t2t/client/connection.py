@@ -169,7 +169,10 @@ class Client:
             SendError: ``no-group-key`` if we hold no key for ``group``, or the
                 relay's refusal (for example ``not-a-member``).
             DisconnectedError: the connection closed first.
-            TimeoutError: no acknowledgement within ``request_timeout`` seconds.
+            TimeoutError: no acknowledgement within ``request_timeout`` seconds
+                of sending. Time spent waiting for a window slot does not
+                count; that wait ends when a slot frees or the connection
+                closes, which the heartbeat does for an unresponsive relay.
         """
         if group not in self._protocol.group_keys:
             # A checkpoint even on failure, so a loop that retries cannot

@@ -19,10 +19,12 @@ from t2t.server.credentials import Credentials, SetupError, load_development, lo
 from t2t.server.passwords import DEFAULT_MEMLIMIT, DEFAULT_OPSLIMIT, MIB, HashCost
 from t2t.server.relay import Relay
 from t2t.server.storage import Store
+from t2t.server.transport import ListenError
 
 log = logging.getLogger("t2t.relay")
 
 EXIT_SETUP_ERROR = 2
+CLIENT_REQUEST_TIMEOUT = 30.0  # seconds, t2t.connect()'s default request_timeout
 SHUTDOWN_GRACE = 4.0  # seconds for connections to close after SIGINT/SIGTERM
 
 
@@ -258,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
         credentials = _credentials(args)
     except (ValueError, SetupError) as exc:
         parser.exit(EXIT_SETUP_ERROR, f"error: {exc}\n")
+    if config.send_timeout >= CLIENT_REQUEST_TIMEOUT:
+        log.warning(
+            "--send-timeout %g s is not below the clients' default request timeout of %g s: "
+            "a send to a group with a stalled member can time out before that member is dropped",
+            config.send_timeout,
+            CLIENT_REQUEST_TIMEOUT,
+        )
 
     if credentials.ca_public_file is not None:
         log.warning(
@@ -277,27 +286,27 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     try:
         trio.run(_run, relay)
-    except (OSError, BaseExceptionGroup) as exc:
-        # Binding happens inside nurseries, which wrap the OSError in groups.
-        error = _only_os_error(exc)
+    except (ListenError, BaseExceptionGroup) as exc:
+        # Binding happens inside nurseries, which wrap the error in groups.
+        error = _only_listen_error(exc)
         if error is None:
             raise
-        log.error("cannot listen on %s port %d: %s", args.host, args.port, error)
+        log.error("cannot listen on %s port %d: %s", args.host, args.port, error.error)
         return EXIT_SETUP_ERROR
     finally:
         store.close()
     return 0
 
 
-def _only_os_error(exc: BaseException) -> OSError | None:
-    """Return the OSError if ``exc`` is one, or a group holding nothing else."""
-    if isinstance(exc, OSError):
+def _only_listen_error(exc: BaseException) -> ListenError | None:
+    """Return the ListenError if ``exc`` is one, or a group holding nothing else."""
+    if isinstance(exc, ListenError):
         return exc
     if isinstance(exc, BaseExceptionGroup):
-        errors, rest = exc.split(OSError)
+        errors, rest = exc.split(ListenError)
         if errors is not None and rest is None:
             leaf: BaseException = errors
             while isinstance(leaf, BaseExceptionGroup):
                 leaf = leaf.exceptions[0]
-            return leaf if isinstance(leaf, OSError) else None
+            return leaf if isinstance(leaf, ListenError) else None
     return None

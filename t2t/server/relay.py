@@ -106,6 +106,9 @@ class Relay:
         """Accept connections until cancelled, then close each one with 1001.
 
         Reports the bound port through ``task_status`` once it is listening.
+
+        Raises:
+            ListenError: the listening socket could not be bound.
         """
         config = self.config
         try:

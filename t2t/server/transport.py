@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import trio
-from trio_websocket import WebSocketRequest, wrap_server_stream
+from trio_websocket import ConnectionClosed, WebSocketRequest, wrap_server_stream
+from wsproto.utilities import LocalProtocolError
 
 log = logging.getLogger("t2t.relay")
 
@@ -70,15 +71,30 @@ class TimestampedStream(trio.abc.Stream):
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class ListenError(Exception):
+    """The relay could not bind its listening socket; ``error`` says why."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 async def open_listeners(
     host: str, port: int, ssl_context: ssl.SSLContext | None
 ) -> Sequence[Listener]:
-    """Open the TCP (or TLS over TCP) listeners that ``serve_websocket`` would open."""
-    if ssl_context is None:
-        return await trio.open_tcp_listeners(port, host=host)
-    return await trio.open_ssl_over_tcp_listeners(
-        port, ssl_context, host=host, https_compatible=True
-    )
+    """Open the TCP (or TLS over TCP) listeners that ``serve_websocket`` would open.
+
+    Raises:
+        ListenError: the address is in use, not local, or not allowed.
+    """
+    try:
+        if ssl_context is None:
+            return await trio.open_tcp_listeners(port, host=host)
+        return await trio.open_ssl_over_tcp_listeners(
+            port, ssl_context, host=host, https_compatible=True
+        )
+    except OSError as exc:
+        raise ListenError(exc) from exc
 
 
 def listening_port(listeners: Sequence[Listener]) -> int:
@@ -133,13 +149,39 @@ async def serve_websockets(
                 if request is not None:
                     await handler(request, timestamped)
                 nursery.cancel_scope.cancel()
-        except Exception:
+        except Exception as exc:
             # A failure on one connection must not reach the listeners'
             # nursery, which would stop the whole relay.
-            log.exception("connection handler failed peer=%s", timestamped.peer)
+            _log_connection_failure(exc, timestamped.peer)
         finally:
             await trio.aclose_forcefully(timestamped)
 
     await trio.serve_listeners(
         serve_one, list(listeners), handler_nursery=handler_nursery, task_status=task_status
     )
+
+
+# The peer hung up or broke the protocol while trio-websocket was answering
+# it, for example by resetting the connection right after its handshake.
+_PEER_FAILURES: Final = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def _log_connection_failure(exc: Exception, peer: str) -> None:
+    """Log why one connection failed: one line for peer failures, a traceback otherwise."""
+    leaves = _leaf_exceptions(exc)
+    if all(isinstance(leaf, _PEER_FAILURES) for leaf in leaves):
+        log.info("connection ended by the peer peer=%s error=%r", peer, leaves[0])
+    elif all(isinstance(leaf, LocalProtocolError) for leaf in leaves):
+        # trio-websocket 0.12 tries to answer a ping that arrives after it
+        # has sent its close frame, which wsproto refuses.
+        log.warning(
+            "connection ended by a WebSocket protocol error peer=%s error=%s", peer, leaves[0]
+        )
+    else:
+        log.error("connection failed peer=%s", peer, exc_info=exc)
+
+
+def _leaf_exceptions(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaf_exceptions(inner)]
+    return [exc]
