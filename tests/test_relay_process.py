@@ -417,6 +417,7 @@ def test_port_in_use_exits_2(tmp_path):
 
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1 port {port}" in result.stderr
+    assert "relay stopped" not in result.stderr  # it never started
     assert "Traceback" not in result.stderr
 
 
@@ -435,3 +436,15 @@ async def test_send_timeout_above_request_timeout_warns(tmp_path):
         log = await relay.log()
 
     assert "--send-timeout 40 s is not below the clients' default request timeout of 30 s" in log
+
+
+def test_data_dir_that_is_a_file_exits_2(tmp_path):
+    not_a_folder = tmp_path / "data"
+    not_a_folder.write_text("a file, not a folder")
+
+    result = run_cli(tmp_path, "--port", "0", "--data-dir", str(not_a_folder), *FAST_HASH_ARGS)
+
+    assert result.returncode == 2
+    assert f"cannot use the data folder {not_a_folder}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not_a_folder.read_text() == "a file, not a folder"

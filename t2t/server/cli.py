@@ -260,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
         credentials = _credentials(args)
     except (ValueError, SetupError) as exc:
         parser.exit(EXIT_SETUP_ERROR, f"error: {exc}\n")
+    except OSError as exc:
+        # For example --data-dir names a file, or a folder we may not write.
+        parser.exit(
+            EXIT_SETUP_ERROR,
+            f"error: cannot use the data folder {args.data_dir}: {exc}; "
+            "pass --data-dir with a folder this user can write\n",
+        )
     if config.send_timeout >= CLIENT_REQUEST_TIMEOUT:
         log.warning(
             "--send-timeout %g s is not below the clients' default request timeout of %g s: "

@@ -136,7 +136,8 @@ class Relay:
                 )
                 task_status.started(self.port)
         finally:
-            log.info("relay stopped")
+            if self.port is not None:  # else it never listened, and the caller reports why
+                log.info("relay stopped")
 
     def shutdown(self, grace: float = math.inf) -> None:
         """Start closing every connection with 1001 and a signed shutdown notice.

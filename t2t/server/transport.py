@@ -36,11 +36,13 @@ class TimestampedStream(trio.abc.Stream):
     ``last_received`` starts at the time the stream was accepted.
     """
 
-    __slots__ = ("_stream", "last_received")
+    __slots__ = ("_stream", "last_received", "peer")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
         self.last_received = trio.current_time()
+        # Read now: once the peer has gone, the socket can no longer say.
+        self.peer = _peer_address(stream)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         data = await self._stream.receive_some(max_bytes)
@@ -56,19 +58,18 @@ class TimestampedStream(trio.abc.Stream):
     async def aclose(self) -> None:
         await self._stream.aclose()
 
-    @property
-    def peer(self) -> str:
-        """The remote address as ``host:port``, or the stream's repr if it has no socket."""
-        stream = self._stream
-        if isinstance(stream, trio.SSLStream):
-            stream = stream.transport_stream
-        if not isinstance(stream, trio.SocketStream):
-            return repr(stream)
-        try:
-            host, port, *_ = stream.socket.getpeername()
-        except OSError:
-            return "unknown (the peer has already disconnected)"
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+def _peer_address(stream: trio.abc.Stream) -> str:
+    """Return the remote address as ``host:port``, or the stream's repr if it has no socket."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return repr(stream)
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except OSError:
+        return "unknown (the peer has already disconnected)"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class ListenError(Exception):
