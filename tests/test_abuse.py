@@ -203,7 +203,7 @@ async def test_slow_consumer_logged_once(tmp_path, caplog):
 @pytest.mark.anyio
 async def test_leave_while_relay_busy(tmp_path, caplog):
     # The relay's reader for alice waits on a stalled member's full queue,
-    # so it does not answer alice's close within the client's 2 s. Leaving
+    # so it does not reply to alice's close within the client's 2 s. Leaving
     # the block must still end quietly, not with trio-websocket's
     # DisconnectionTimeout.
     caplog.set_level(logging.WARNING, logger="t2t.client")

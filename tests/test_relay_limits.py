@@ -581,7 +581,7 @@ class TestTimeouts:
                     heartbeat_timeout=10,
                 ) as alice:
                     run_clock_at_real_speed(False)
-                    await trio.sleep(65)  # three answered pings
+                    await trio.sleep(65)  # three pings, each with its pong
                     closed_while_answered = alice.closed
                     proxy.drop_replies = True  # the relay now looks dead to alice
                     start = trio.current_time()
@@ -686,16 +686,16 @@ _MASKED_TEXT_HI = b"\x81\x82\x00\x00\x00\x00hi"  # a text frame, which the relay
 _MASKED_PING = b"\x89\x81\x00\x00\x00\x00k"
 
 
-async def _break_off(port: int, how: str) -> None:
+async def _break_off(port: int, misbehaviour: str) -> None:
     """Open a raw TCP connection to the relay and misbehave in one of three ways."""
     sock = trio.socket.socket()
     await sock.connect(("127.0.0.1", port))
     with sock:
         await sock.send(_HANDSHAKE)
-        if how == "reset":
+        if misbehaviour == "reset":
             # SO_LINGER with a zero timeout turns close() into a TCP reset.
             sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-        elif how == "ping while closing":
+        elif misbehaviour == "ping while closing":
             await sock.recv(4096)  # 101 Switching Protocols
             await sock.send(_MASKED_TEXT_HI)
             await trio.sleep(0.3)  # the relay has sent its close frame by now
@@ -704,8 +704,8 @@ async def _break_off(port: int, how: str) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("how", ["reset", "close", "ping while closing"])
-async def test_peer_breaking_off_spares_relay(tmp_path, caplog, how):
+@pytest.mark.parametrize("misbehaviour", ["reset", "close", "ping while closing"])
+async def test_peer_breaking_off_spares_relay(tmp_path, caplog, misbehaviour):
     caplog.set_level(logging.INFO, logger="t2t.relay")
     with trio.fail_after(30):
         async with (
@@ -718,7 +718,7 @@ async def test_peer_breaking_off_spares_relay(tmp_path, caplog, how):
             await inbox.wait_for(InviteReceived)
             port = int(relay.url.rsplit(":", 1)[1])
             for _ in range(3):
-                await _break_off(port, how)
+                await _break_off(port, misbehaviour)
             await wait_until(lambda: relay.relay.connection_count == 2)
             await alice.send("team", "still here")
             received = await inbox.wait_for(MessageReceived)
@@ -729,5 +729,5 @@ async def test_peer_breaking_off_spares_relay(tmp_path, caplog, how):
     # The address is read at accept time, so a line about a peer that has
     # gone still names it. A reset that arrives before the accept leaves no
     # address to read.
-    if how != "reset":
+    if misbehaviour != "reset":
         assert not any("peer=unknown" in r.getMessage() for r in caplog.records)

@@ -171,8 +171,9 @@ class Client:
             DisconnectedError: the connection closed first.
             TimeoutError: no acknowledgement within ``request_timeout`` seconds
                 of sending. Time spent waiting for a window slot does not
-                count; that wait ends when a slot frees or the connection
-                closes, which the heartbeat does for an unresponsive relay.
+                count. That wait ends when a slot frees or the connection
+                closes, and the heartbeat closes it if the relay stops
+                responding.
         """
         if group not in self._protocol.group_keys:
             # A checkpoint even on failure, so a loop that retries cannot

@@ -97,7 +97,7 @@ class Forward:
     The shell sends ``ack`` only after every copy has been written to its
     connection, or dropped because that connection closed. The sender's
     window of unacknowledged messages then bounds how much of its traffic
-    the relay holds at once.
+    waits in the relay at once.
     """
 
     conn_ids: tuple[int, ...]

@@ -4,8 +4,8 @@ The relay's idle timeout counts every byte a client sends, WebSocket control
 frames included. A t2t client heartbeats with RFC 6455 ping frames, and
 trio-websocket sends the pong from its own reader task without passing the
 ping to the relay. So the relay wraps each accepted stream in
-:class:`TimestampedStream` before trio-websocket sees it, and the idle check
-reads the wrapper's ``last_received``.
+:class:`TimestampedStream` before handing it to trio-websocket, and the idle
+check reads the wrapper's ``last_received``.
 
 :func:`serve_websockets` does what trio-websocket's ``WebSocketServer`` does
 for each connection, through its public ``wrap_server_stream``, so that the
@@ -41,7 +41,7 @@ class TimestampedStream(trio.abc.Stream):
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
         self.last_received = trio.current_time()
-        # Read now: once the peer has gone, the socket can no longer say.
+        # Read now, because getpeername() fails once the peer has gone.
         self.peer = _peer_address(stream)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
@@ -73,7 +73,10 @@ def _peer_address(stream: trio.abc.Stream) -> str:
 
 
 class ListenError(Exception):
-    """The relay could not bind its listening socket; ``error`` says why."""
+    """The relay could not bind its listening socket.
+
+    ``error`` is the OSError that the bind or the host lookup raised.
+    """
 
     def __init__(self, error: OSError) -> None:
         super().__init__(str(error))
@@ -162,8 +165,8 @@ async def serve_websockets(
     )
 
 
-# The peer hung up or broke the protocol while trio-websocket was answering
-# it, for example by resetting the connection right after its handshake.
+# The peer hung up while trio-websocket was still talking to it, for
+# example by resetting the connection right after its handshake.
 _PEER_FAILURES: Final = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -173,8 +176,8 @@ def _log_connection_failure(exc: Exception, peer: str) -> None:
     if all(isinstance(leaf, _PEER_FAILURES) for leaf in leaves):
         log.info("connection ended by the peer peer=%s error=%r", peer, leaves[0])
     elif all(isinstance(leaf, LocalProtocolError) for leaf in leaves):
-        # trio-websocket 0.12 tries to answer a ping that arrives after it
-        # has sent its close frame, which wsproto refuses.
+        # trio-websocket 0.12 tries to send a pong for a ping that arrives
+        # after its own close frame, and wsproto rejects that.
         log.warning(
             "connection ended by a WebSocket protocol error peer=%s error=%s", peer, leaves[0]
         )
